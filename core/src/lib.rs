@@ -1,0 +1,26 @@
+//! # meshkv-core — the replication rules, with no I/O
+//!
+//! * [`version`]: dots, versions (LWW order), version vectors.
+//! * [`entry`]: the per-key state and its merge (a semilattice join).
+//! * [`hlc`]: the hybrid logical clock.
+//! * [`digest`]: the two-level digest tree used by anti-entropy.
+//! * [`replica`]: one server's state machine (stage → persist → commit, reads with the
+//!   session check, sync planning, trimming).
+//! * [`session`]: a client's dependencies.
+//! * [`proto`]: wire messages and framing; [`control`]: the master's control channel.
+//! * [`sim`]: an in-memory cluster to run many schedules against the rules.
+
+pub mod control;
+pub mod digest;
+pub mod entry;
+pub mod hlc;
+pub mod proto;
+pub mod replica;
+pub mod session;
+pub mod sim;
+pub mod version;
+
+pub use entry::Entry;
+pub use replica::{Limits, Meta, Op, Outcome, ReadOutcome, Relay, Replica, Staged};
+pub use session::Session;
+pub use version::{Dot, NodeId, Version, VersionVector};

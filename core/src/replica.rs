@@ -1,0 +1,894 @@
+//! The replica: one server's replication state, as a pure state machine.
+//!
+//! No I/O happens here. The adapter (the `node` crate) feeds it operations and events
+//! and carries out what it returns: records to persist, entries to push to peers,
+//! answers to sync requests.
+//!
+//! # Writing: stage → persist → commit
+//! All mutations go through one *commit loop* in the adapter, which takes every queued
+//! [`Op`] at once (group commit) and calls [`Replica::stage`]. Staging assigns dots and
+//! timestamps to local puts, merges incoming entries, and returns a [`Staged`] batch:
+//! the final entry of every changed key, new log records, and the metadata (write
+//! counter, clock, watermarks) that must be on disk *before* any of it is visible. The
+//! adapter writes the batch atomically and fsyncs; only then does it call
+//! [`Replica::commit`], which installs the batch in memory (reads see only committed,
+//! durable state) and returns the pushes to send. Dots and timestamps are never handed
+//! out before the batch that carries the new counter and clock is durable, so a restart
+//! never reuses a dot or goes back in time.
+//!
+//! # Reads and the session check
+//! A client remembers, per key, the dot of the version it last wrote or read. A read
+//! carrying such a dependency is answered `Dep` (`ERR_DEP`) unless this server's
+//! context for the key covers the dot — even if the server holds a newer concurrent
+//! write, and even if it lacks the key. Only then is a missing value `Missing`
+//! (`ERR_KEY`). See [`Replica::read`].
+//!
+//! # The write log and watermarks
+//! Every write dot this server has incorporated is recorded in the log `dot → key`.
+//! `seen[o]` is the **watermark** for origin `o`: every write of `o` with a counter up to
+//! `seen[o]` is held here. It advances only contiguously (a dot `seen[o] + 1` arriving,
+//! or one already logged), so a watermark is a promise, and it is what peers exchange
+//! in sync requests.
+//!
+//! # Propagation
+//! * **Eager push.** After commit, every changed key is pushed to connected peers, over
+//!   one ordered stream per peer. A server relays what it learned from others too (so
+//!   chains converge), except to the peer it came from and to peers that told us they
+//!   are directly connected to the write's origin (they get it first-hand).
+//! * **Anti-entropy, fast path.** Periodically and on (re)connect a server sends its
+//!   watermarks ([`SyncReq`]); the peer answers with the current entry of every key its
+//!   log maps from dots above those watermarks, in bounded batches ([`SyncResp`]).
+//!   This moves O(missed writes) bytes.
+//! * **Anti-entropy, tree walk.** When the peer's log no longer reaches back far enough
+//!   (`fallback`: it was trimmed below our watermark), or watermarks agree but digests
+//!   do not, the requester walks the [digest tree](crate::digest) and pulls only the
+//!   differing entries, pushing back the ones the peer lacks. After a complete walk it
+//!   adopts the peer's watermarks; the range it adopted is not in its own log, so it
+//!   raises its `floor` there (it can no longer serve that range as a log suffix).
+//!
+//! # When a log entry or tombstone may be dropped
+//! * A log record `o:c` is dropped once every known member has reported `seen[o] ≥ c`
+//!   (every server is known to hold it). A member that never reported, or is down,
+//!   blocks this — up to [`Limits::max_log`] records; past that the oldest records are
+//!   dropped anyway and `floor` rises, and a server that comes back from below the floor
+//!   catches up by the tree walk instead of the log suffix.
+//! * A tombstone is dropped once every known member's watermark covers its whole
+//!   context (every server holds the delete or something newer). An incoming entry for
+//!   an absent key whose whole context is already covered by our watermarks is a stale
+//!   echo of such a dropped key and is ignored, so nothing is resurrected.
+
+use crate::digest::{bucket_of, DigestTree};
+use crate::entry::Entry;
+use crate::version::{Dot, NodeId, Version, VersionVector};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+
+/// Tunables of the replica.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    /// Maximum number of log records kept when some member is not known to hold them.
+    pub max_log: usize,
+    /// Approximate byte budget of one sync response.
+    pub sync_batch_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_log: 4_000_000,
+            sync_batch_bytes: 1 << 20,
+        }
+    }
+}
+
+/// Durable per-server metadata, written with every batch.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Meta {
+    /// The last write counter handed out by this server.
+    pub counter: u64,
+    /// The highest clock value handed out or seen.
+    pub hlc: u64,
+    /// Watermarks: every write of origin `o` up to `seen[o]` is held here.
+    pub seen: VersionVector,
+    /// Log records up to `floor[o]` were dropped (or never held).
+    pub floor: VersionVector,
+}
+
+/// A mutation for the commit loop.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// A client write (value `None` deletes). `seen_ts` is the highest timestamp the
+    /// client has seen, so the write is stamped after everything it depends on.
+    Put {
+        /// The key.
+        key: Vec<u8>,
+        /// The new value, or `None` for a delete.
+        value: Option<Vec<u8>>,
+        /// The highest timestamp the client has seen.
+        seen_ts: u64,
+    },
+    /// An entry from a peer (push, sync answer or tree walk).
+    Apply {
+        /// The key.
+        key: Vec<u8>,
+        /// The peer's entry for it.
+        entry: Entry,
+        /// The log dots the peer attached (write dots that map to this key).
+        dots: Vec<Dot>,
+        /// The peer it came from (not relayed back there).
+        from: Option<NodeId>,
+    },
+    /// After a complete tree walk against a peer: adopt its watermarks.
+    Adopt {
+        /// The peer's watermarks at the start of the walk.
+        seen: VersionVector,
+    },
+    /// Drop log records and tombstones every member is known to hold.
+    Trim,
+}
+
+/// What became of one [`Op`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// A put was stamped with `version`; `previous` is the entry it superseded.
+    Put {
+        /// The new write's version.
+        version: Version,
+        /// What the server held for the key before.
+        previous: Option<Entry>,
+    },
+    /// An apply; `changed` when it altered the store.
+    Applied {
+        /// Whether the store changed.
+        changed: bool,
+    },
+    /// Watermarks adopted / trim done.
+    Done,
+}
+
+/// A batch ready to be persisted; see the module docs.
+#[derive(Clone, Debug, Default)]
+pub struct Staged {
+    /// The final entry of each key changed in this batch.
+    pub writes: BTreeMap<Vec<u8>, Entry>,
+    /// Keys to delete from the store (dropped tombstones).
+    pub removes: Vec<Vec<u8>>,
+    /// New log records.
+    pub log: Vec<(Dot, Vec<u8>)>,
+    /// Log records to drop.
+    pub log_removes: Vec<Dot>,
+    /// Metadata after this batch.
+    pub meta: Meta,
+    /// One outcome per op, in order.
+    pub outcomes: Vec<Outcome>,
+    relay: BTreeMap<Vec<u8>, (Vec<Dot>, BTreeSet<Option<NodeId>>)>,
+    log_index: HashSet<Dot>,
+}
+
+impl Staged {
+    /// True when nothing needs to be written.
+    pub fn is_empty(&self) -> bool {
+        self.writes.is_empty()
+            && self.removes.is_empty()
+            && self.log.is_empty()
+            && self.log_removes.is_empty()
+    }
+}
+
+/// An entry to push to some peers after a commit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Relay {
+    /// The key.
+    pub key: Vec<u8>,
+    /// Its committed entry.
+    pub entry: Entry,
+    /// Write dots that changed it in this batch.
+    pub dots: Vec<Dot>,
+    /// The peers to push it to.
+    pub targets: Vec<NodeId>,
+}
+
+/// The answer to a read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReadOutcome {
+    /// The value and its version.
+    Found {
+        /// The value.
+        value: Vec<u8>,
+        /// Its version (the client's new dependency).
+        version: Version,
+    },
+    /// No value (never written, or deleted at `version`).
+    Missing {
+        /// The tombstone's version, when the key was deleted.
+        version: Option<Version>,
+    },
+    /// This server has not incorporated the client's dependency (`ERR_DEP`).
+    Dep,
+}
+
+/// A sync request: "here is what I hold".
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncReq {
+    /// The requester's watermarks.
+    pub seen: VersionVector,
+    /// The requester's digest root.
+    pub root: u64,
+}
+
+/// One key in a sync answer or a tree-walk fetch.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncItem {
+    /// The key.
+    pub key: Vec<u8>,
+    /// The responder's current entry.
+    pub entry: Entry,
+    /// The log dots above the requester's watermarks that map to this key.
+    pub dots: Vec<Dot>,
+}
+
+/// A sync answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncResp {
+    /// Entries the requester is missing.
+    pub items: Vec<SyncItem>,
+    /// The batch budget ran out: ask again.
+    pub more: bool,
+    /// Some of what the requester misses is below our log floor: walk the tree.
+    pub fallback: bool,
+    /// The responder's watermarks when answering.
+    pub seen: VersionVector,
+    /// The responder's digest root when answering.
+    pub root: u64,
+}
+
+/// What to do after applying a sync answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SyncNext {
+    /// In step with the peer (or it will catch up with us): nothing more now.
+    Done,
+    /// The answer was partial: ask again at once.
+    Again,
+    /// The log cannot close the gap: walk the digest tree.
+    Walk,
+}
+
+/// What we know about another server.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PeerView {
+    /// Whether we hold a live connection to it.
+    pub connected: bool,
+    /// The servers it told us it is directly connected to.
+    pub links: BTreeSet<NodeId>,
+    /// Its watermarks as last reported.
+    pub seen: Option<VersionVector>,
+}
+
+/// One server's replicated state.
+#[derive(Clone, Debug)]
+pub struct Replica {
+    id: NodeId,
+    store: BTreeMap<Vec<u8>, Entry>,
+    digest: DigestTree,
+    hlc: crate::hlc::Hlc,
+    counter: u64,
+    seen: VersionVector,
+    floor: VersionVector,
+    log: BTreeMap<Dot, Vec<u8>>,
+    peers: BTreeMap<NodeId, PeerView>,
+    limits: Limits,
+}
+
+impl Replica {
+    /// A new, empty replica for server `id`.
+    pub fn new(id: NodeId, limits: Limits) -> Self {
+        Replica {
+            id,
+            store: BTreeMap::new(),
+            digest: DigestTree::new(),
+            hlc: crate::hlc::Hlc::new(0),
+            counter: 0,
+            seen: VersionVector::new(),
+            floor: VersionVector::new(),
+            log: BTreeMap::new(),
+            peers: BTreeMap::new(),
+            limits,
+        }
+    }
+
+    /// Rebuild a replica from persisted state (at start-up).
+    pub fn restore(
+        id: NodeId,
+        limits: Limits,
+        meta: Meta,
+        entries: impl IntoIterator<Item = (Vec<u8>, Entry)>,
+        log: impl IntoIterator<Item = (Dot, Vec<u8>)>,
+    ) -> Self {
+        let mut r = Replica::new(id, limits);
+        for (k, e) in entries {
+            r.digest.update(&k, 0, e.digest(&k));
+            r.hlc.observe(e.version.ts);
+            r.store.insert(k, e);
+        }
+        r.log = log.into_iter().collect();
+        r.counter = meta.counter;
+        r.hlc.observe(meta.hlc);
+        r.seen = meta.seen;
+        r.floor = meta.floor;
+        // Own watermark is the counter; extend others over logged dots.
+        r.seen.raise(id, r.counter);
+        let origins: Vec<NodeId> = r.log.keys().map(|d| d.origin).collect();
+        for o in origins {
+            let mut s = r.seen.get(o);
+            while r.log.contains_key(&Dot::new(o, s + 1)) {
+                s += 1;
+            }
+            r.seen.raise(o, s);
+        }
+        r
+    }
+
+    /// This server's id.
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// The current metadata (what would be persisted now).
+    pub fn meta(&self) -> Meta {
+        Meta {
+            counter: self.counter,
+            hlc: self.hlc.last(),
+            seen: self.seen.clone(),
+            floor: self.floor.clone(),
+        }
+    }
+
+    /// Stage a batch of ops (see the module docs). `wall` is the wall clock in µs.
+    pub fn stage(&mut self, ops: Vec<Op>, wall: u64) -> Staged {
+        let mut st = Staged {
+            meta: self.meta(),
+            ..Default::default()
+        };
+        for op in ops {
+            let outcome = match op {
+                Op::Put {
+                    key,
+                    value,
+                    seen_ts,
+                } => self.stage_put(&mut st, key, value, seen_ts, wall),
+                Op::Apply {
+                    key,
+                    entry,
+                    dots,
+                    from,
+                } => self.stage_apply(&mut st, key, entry, dots, from),
+                Op::Adopt { seen } => {
+                    for (o, c) in seen.iter() {
+                        if o != self.id && c > st.meta.seen.get(o) {
+                            st.meta.seen.set(o, c);
+                            st.meta.floor.raise(o, c);
+                            self.extend(&mut st, o);
+                        }
+                    }
+                    Outcome::Done
+                }
+                Op::Trim => {
+                    self.stage_trim(&mut st);
+                    Outcome::Done
+                }
+            };
+            st.outcomes.push(outcome);
+        }
+        st.meta.counter = self.counter;
+        st.meta.hlc = self.hlc.last();
+        st
+    }
+
+    fn current<'a>(&'a self, st: &'a Staged, key: &[u8]) -> Option<&'a Entry> {
+        st.writes.get(key).or_else(|| self.store.get(key))
+    }
+
+    fn stage_put(
+        &mut self,
+        st: &mut Staged,
+        key: Vec<u8>,
+        value: Option<Vec<u8>>,
+        seen_ts: u64,
+        wall: u64,
+    ) -> Outcome {
+        let previous = self.current(st, &key).cloned();
+        self.hlc.observe(seen_ts);
+        if let Some(p) = &previous {
+            self.hlc.observe(p.version.ts);
+        }
+        let ts = self.hlc.tick(wall);
+        self.counter += 1;
+        let dot = Dot::new(self.id, self.counter);
+        let version = Version { ts, dot };
+        let ctx = previous.as_ref().map(|p| p.ctx.clone()).unwrap_or_default();
+        let entry = Entry::write(value, version, &ctx);
+        st.writes.insert(key.clone(), entry);
+        st.log.push((dot, key.clone()));
+        st.log_index.insert(dot);
+        st.meta.seen.set(self.id, self.counter);
+        let r = st.relay.entry(key).or_default();
+        r.0.push(dot);
+        r.1.insert(None);
+        Outcome::Put { version, previous }
+    }
+
+    fn stage_apply(
+        &mut self,
+        st: &mut Staged,
+        key: Vec<u8>,
+        entry: Entry,
+        dots: Vec<Dot>,
+        from: Option<NodeId>,
+    ) -> Outcome {
+        self.hlc.observe(entry.version.ts);
+        let changed = match self.current(st, &key) {
+            Some(cur) if cur.subsumes(&entry) => false,
+            Some(cur) => {
+                let merged = cur.clone().joined(&entry);
+                st.writes.insert(key.clone(), merged);
+                true
+            }
+            None => {
+                if entry.ctx.le(&st.meta.seen) {
+                    // A stale echo of a key whose tombstone we already dropped.
+                    false
+                } else {
+                    st.writes.insert(key.clone(), entry);
+                    true
+                }
+            }
+        };
+        let mut new_dots = Vec::new();
+        for d in dots {
+            if d.counter == 0
+                || st.meta.seen.covers(d)
+                || self.log.contains_key(&d)
+                || st.log_index.contains(&d)
+            {
+                continue;
+            }
+            st.log.push((d, key.clone()));
+            st.log_index.insert(d);
+            new_dots.push(d);
+        }
+        for d in &new_dots {
+            self.extend(st, d.origin);
+        }
+        if changed {
+            let r = st.relay.entry(key).or_default();
+            r.0.extend(new_dots);
+            r.1.insert(from);
+        }
+        Outcome::Applied { changed }
+    }
+
+    /// Advance the staged watermark of `origin` over contiguously logged dots.
+    fn extend(&self, st: &mut Staged, origin: NodeId) {
+        let mut s = st.meta.seen.get(origin);
+        loop {
+            let next = Dot::new(origin, s + 1);
+            if self.log.contains_key(&next) || st.log_index.contains(&next) {
+                s += 1;
+            } else {
+                break;
+            }
+        }
+        st.meta.seen.raise(origin, s);
+    }
+
+    fn stage_trim(&mut self, st: &mut Staged) {
+        // What every member is known to hold.
+        let mut safe = st.meta.seen.clone();
+        for (id, p) in &self.peers {
+            if *id == self.id {
+                continue;
+            }
+            let theirs = p.seen.clone().unwrap_or_default();
+            let origins: Vec<(NodeId, u64)> = safe.iter().collect();
+            for (o, c) in origins {
+                safe.set(o, c.min(theirs.get(o)));
+            }
+        }
+        let mut removed: Vec<Dot> = Vec::new();
+        for (o, c) in safe.iter() {
+            removed.extend(
+                self.log
+                    .range(Dot::new(o, 0)..=Dot::new(o, c))
+                    .map(|(d, _)| *d),
+            );
+        }
+        // Bound the log even when a member is away for long.
+        let keep = self.log.len().saturating_sub(removed.len());
+        if keep > self.limits.max_log {
+            let removed_set: HashSet<Dot> = removed.iter().copied().collect();
+            let mut excess = keep - self.limits.max_log;
+            // Oldest first within each origin, origins with the most records first.
+            let mut per_origin: BTreeMap<NodeId, Vec<Dot>> = BTreeMap::new();
+            for d in self.log.keys() {
+                if !removed_set.contains(d) {
+                    per_origin.entry(d.origin).or_default().push(*d);
+                }
+            }
+            while excess > 0 {
+                let Some((&o, _)) = per_origin.iter().max_by_key(|(_, v)| v.len()) else {
+                    break;
+                };
+                let v = per_origin
+                    .get_mut(&o)
+                    .map(std::mem::take)
+                    .unwrap_or_default();
+                let n = excess.min(v.len() / 2 + 1).min(v.len());
+                removed.extend(v[..n].iter().copied());
+                excess -= n;
+                per_origin.insert(o, v[n..].to_vec());
+            }
+        }
+        for d in &removed {
+            st.meta.floor.raise(d.origin, d.counter);
+        }
+        st.log_removes.extend(removed);
+        // Tombstones every member holds (or has superseded).
+        let members_seen: Vec<VersionVector> = self
+            .peers
+            .iter()
+            .filter(|(id, _)| **id != self.id)
+            .map(|(_, p)| p.seen.clone().unwrap_or_default())
+            .collect();
+        for (k, e) in &self.store {
+            if e.value.is_none()
+                && e.ctx.le(&st.meta.seen)
+                && members_seen.iter().all(|s| e.ctx.le(s))
+                && !st.writes.contains_key(k)
+            {
+                st.removes.push(k.clone());
+            }
+        }
+    }
+
+    /// Install a persisted batch; returns the pushes to send.
+    pub fn commit(&mut self, st: Staged) -> Vec<Relay> {
+        for (key, entry) in st.writes {
+            let old = self.store.get(&key).map_or(0, |e| e.digest(&key));
+            self.digest.update(&key, old, entry.digest(&key));
+            self.store.insert(key, entry);
+        }
+        for key in st.removes {
+            if let Some(e) = self.store.remove(&key) {
+                self.digest.update(&key, e.digest(&key), 0);
+            }
+        }
+        for d in st.log_removes {
+            self.log.remove(&d);
+        }
+        for (d, k) in st.log {
+            self.log.insert(d, k);
+        }
+        self.seen = st.meta.seen;
+        self.floor = st.meta.floor;
+        let connected: Vec<NodeId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.connected)
+            .map(|(id, _)| *id)
+            .collect();
+        let mut out = Vec::new();
+        for (key, (dots, from)) in st.relay {
+            let Some(entry) = self.store.get(&key) else {
+                continue;
+            };
+            let targets: Vec<NodeId> = connected
+                .iter()
+                .copied()
+                .filter(|t| !from.contains(&Some(*t)))
+                .filter(|t| {
+                    // Origins a target hears first-hand need no relay through us.
+                    let links = self.peers.get(t).map(|p| &p.links);
+                    from.contains(&None)
+                        || dots.is_empty()
+                        || dots.iter().any(|d| {
+                            d.origin != *t && !links.is_some_and(|l| l.contains(&d.origin))
+                        })
+                })
+                .collect();
+            if targets.is_empty() {
+                continue;
+            }
+            out.push(Relay {
+                key,
+                entry: entry.clone(),
+                dots,
+                targets,
+            });
+        }
+        out
+    }
+
+    /// Answer a read with the session check (see the module docs). `dep` is the dot of
+    /// the version the client last wrote or read for this key.
+    pub fn read(&mut self, key: &[u8], dep: Option<Dot>, seen_ts: u64) -> ReadOutcome {
+        self.hlc.observe(seen_ts);
+        let e = self.store.get(key);
+        if let Some(d) = dep {
+            if !e.is_some_and(|e| e.covers(d)) {
+                return ReadOutcome::Dep;
+            }
+        }
+        match e {
+            Some(Entry {
+                value: Some(v),
+                version,
+                ..
+            }) => ReadOutcome::Found {
+                value: v.clone(),
+                version: *version,
+            },
+            Some(e) => ReadOutcome::Missing {
+                version: Some(e.version),
+            },
+            None => ReadOutcome::Missing { version: None },
+        }
+    }
+
+    /// The committed entry of a key.
+    pub fn entry(&self, key: &[u8]) -> Option<&Entry> {
+        self.store.get(key)
+    }
+
+    /// Live `(key, value)` pairs in key-byte order (tombstones left out).
+    pub fn dump(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
+        self.store
+            .iter()
+            .filter_map(|(k, e)| e.value.as_ref().map(|v| (k.clone(), v.clone())))
+            .collect()
+    }
+
+    /// Number of keys held, tombstones included.
+    pub fn len(&self) -> usize {
+        self.store.len()
+    }
+
+    /// True when the store holds no key.
+    pub fn is_empty(&self) -> bool {
+        self.store.is_empty()
+    }
+
+    /// Number of log records held.
+    pub fn log_len(&self) -> usize {
+        self.log.len()
+    }
+
+    /// The digest tree.
+    pub fn digest(&self) -> &DigestTree {
+        &self.digest
+    }
+
+    /// The digest root.
+    pub fn root(&self) -> u64 {
+        self.digest.root()
+    }
+
+    /// This server's watermarks.
+    pub fn seen(&self) -> &VersionVector {
+        &self.seen
+    }
+
+    /// This server's log floor.
+    pub fn floor(&self) -> &VersionVector {
+        &self.floor
+    }
+
+    // ----- membership and links -----
+
+    /// Record `id` as a cluster member (its acknowledgement is needed before trimming).
+    pub fn add_member(&mut self, id: NodeId) {
+        if id != self.id {
+            self.peers.entry(id).or_default();
+        }
+    }
+
+    /// Known members other than this server.
+    pub fn members(&self) -> Vec<NodeId> {
+        self.peers.keys().copied().collect()
+    }
+
+    /// A connection to `id` came up or went down.
+    pub fn set_connected(&mut self, id: NodeId, up: bool) {
+        if id == self.id {
+            return;
+        }
+        let p = self.peers.entry(id).or_default();
+        p.connected = up;
+        if !up {
+            p.links.clear();
+        }
+    }
+
+    /// Servers we are connected to.
+    pub fn connected(&self) -> Vec<NodeId> {
+        self.peers
+            .iter()
+            .filter(|(_, p)| p.connected)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// A peer told us which servers it is directly connected to.
+    pub fn set_peer_links(&mut self, id: NodeId, links: BTreeSet<NodeId>) {
+        if id != self.id {
+            self.peers.entry(id).or_default().links = links;
+        }
+    }
+
+    /// A peer reported its watermarks (in a sync request or answer).
+    pub fn note_peer_seen(&mut self, id: NodeId, seen: &VersionVector) {
+        if id == self.id {
+            return;
+        }
+        let p = self.peers.entry(id).or_default();
+        match &mut p.seen {
+            Some(s) => {
+                s.join(seen);
+            }
+            None => p.seen = Some(seen.clone()),
+        }
+    }
+
+    /// What we know of each peer.
+    pub fn peers(&self) -> &BTreeMap<NodeId, PeerView> {
+        &self.peers
+    }
+
+    // ----- anti-entropy -----
+
+    /// The request to send a peer.
+    pub fn sync_request(&self) -> SyncReq {
+        SyncReq {
+            seen: self.seen.clone(),
+            root: self.root(),
+        }
+    }
+
+    /// Answer a peer's sync request from the log (see the module docs).
+    pub fn answer_sync(&mut self, from: NodeId, req: &SyncReq) -> SyncResp {
+        self.note_peer_seen(from, &req.seen);
+        let mut items: BTreeMap<&[u8], Vec<Dot>> = BTreeMap::new();
+        let mut budget = self.limits.sync_batch_bytes as isize;
+        let mut more = false;
+        let mut fallback = false;
+        'origins: for (o, hi) in self.seen.iter() {
+            let lo = req.seen.get(o);
+            if lo >= hi {
+                continue;
+            }
+            if lo < self.floor.get(o) {
+                fallback = true;
+                continue;
+            }
+            for (d, key) in self.log.range(Dot::new(o, lo + 1)..=Dot::new(o, hi)) {
+                if budget <= 0 {
+                    more = true;
+                    break 'origins;
+                }
+                let slot = items.entry(key.as_slice()).or_default();
+                if slot.is_empty() {
+                    budget -= self
+                        .store
+                        .get(key)
+                        .map_or(0, |e| e.approx_size() + key.len())
+                        as isize;
+                }
+                slot.push(*d);
+            }
+        }
+        let items = items
+            .into_iter()
+            .filter_map(|(k, dots)| {
+                self.store.get(k).map(|e| SyncItem {
+                    key: k.to_vec(),
+                    entry: e.clone(),
+                    dots,
+                })
+            })
+            .collect();
+        SyncResp {
+            items,
+            more,
+            fallback,
+            seen: self.seen.clone(),
+            root: self.root(),
+        }
+    }
+
+    /// Turn a sync answer into ops for the commit loop.
+    pub fn sync_ops(&mut self, from: NodeId, resp: &SyncResp) -> Vec<Op> {
+        self.note_peer_seen(from, &resp.seen);
+        resp.items
+            .iter()
+            .map(|it| Op::Apply {
+                key: it.key.clone(),
+                entry: it.entry.clone(),
+                dots: it.dots.clone(),
+                from: Some(from),
+            })
+            .collect()
+    }
+
+    /// After the ops of a sync answer are committed: what next.
+    pub fn sync_next(&self, resp: &SyncResp) -> SyncNext {
+        if resp.more {
+            SyncNext::Again
+        } else if resp.fallback || (resp.seen.le(&self.seen) && resp.root != self.root()) {
+            // Either the log cannot serve us, or we hold every write the peer promises
+            // yet the stores differ: only the tree walk can settle it.
+            SyncNext::Walk
+        } else {
+            SyncNext::Done
+        }
+    }
+
+    // ----- tree walk -----
+
+    /// Digests of the given groups' buckets.
+    pub fn group_buckets(&self, groups: &[u8]) -> Vec<(u8, Vec<u64>)> {
+        groups
+            .iter()
+            .map(|g| (*g, self.digest.group_buckets(*g).to_vec()))
+            .collect()
+    }
+
+    /// `(key, leaf digest)` of every key in the given buckets.
+    pub fn bucket_keys(&self, buckets: &[u16]) -> Vec<(Vec<u8>, u64)> {
+        let want: HashSet<u16> = buckets.iter().copied().collect();
+        self.store
+            .iter()
+            .filter(|(k, _)| want.contains(&bucket_of(k)))
+            .map(|(k, e)| (k.clone(), e.digest(k)))
+            .collect()
+    }
+
+    /// Compare the peer's keys of some buckets with ours: keys to fetch from the peer,
+    /// and keys to give it (it lacks them or holds a different entry).
+    pub fn walk_diff(
+        &self,
+        buckets: &[u16],
+        theirs: &[(Vec<u8>, u64)],
+    ) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
+        let mine: BTreeMap<Vec<u8>, u64> = self.bucket_keys(buckets).into_iter().collect();
+        let theirs_map: BTreeMap<&[u8], u64> =
+            theirs.iter().map(|(k, h)| (k.as_slice(), *h)).collect();
+        let mut fetch = Vec::new();
+        let mut give = Vec::new();
+        for (k, h) in &theirs_map {
+            if mine.get(*k) != Some(h) {
+                fetch.push(k.to_vec());
+            }
+        }
+        for (k, h) in &mine {
+            if theirs_map.get(k.as_slice()) != Some(h) {
+                give.push(k.clone());
+            }
+        }
+        (fetch, give)
+    }
+
+    /// Our entries for `keys` (absent keys skipped).
+    pub fn entries(&self, keys: &[Vec<u8>]) -> Vec<SyncItem> {
+        keys.iter()
+            .filter_map(|k| {
+                self.store.get(k).map(|e| SyncItem {
+                    key: k.clone(),
+                    entry: e.clone(),
+                    dots: Vec::new(),
+                })
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,291 @@
+use super::*;
+use crate::sim::SimCluster;
+use crate::Session;
+use proptest::prelude::*;
+
+fn put(r: &mut Replica, key: &[u8], value: &[u8], wall: u64) -> (Version, Vec<Relay>) {
+    let mut st = r.stage(
+        vec![Op::Put {
+            key: key.to_vec(),
+            value: Some(value.to_vec()),
+            seen_ts: 0,
+        }],
+        wall,
+    );
+    let Outcome::Put { version, .. } = st.outcomes.remove(0) else {
+        panic!("not a put")
+    };
+    (version, r.commit(st))
+}
+
+#[test]
+fn local_put_then_read_and_dep_rules() {
+    let mut r = Replica::new(1, Limits::default());
+    let (v, _) = put(&mut r, b"k", b"a", 100);
+    assert_eq!(v.dot, Dot::new(1, 1));
+    assert_eq!(
+        r.read(b"k", Some(v.dot), 0),
+        ReadOutcome::Found {
+            value: b"a".to_vec(),
+            version: v
+        }
+    );
+    // Dependency on a write this server has not seen: ERR_DEP, even for a missing key.
+    assert_eq!(r.read(b"k", Some(Dot::new(2, 1)), 0), ReadOutcome::Dep);
+    assert_eq!(r.read(b"zz", Some(Dot::new(2, 1)), 0), ReadOutcome::Dep);
+    // No dependency and no value: ERR_KEY.
+    assert_eq!(
+        r.read(b"zz", None, 0),
+        ReadOutcome::Missing { version: None }
+    );
+}
+
+#[test]
+fn newer_concurrent_write_does_not_satisfy_a_dependency() {
+    let mut c = SimCluster::new(&[0, 1], Limits::default());
+    c.set_link(0, 1, false);
+    let mut s5 = Session::new();
+    let mut s6 = Session::new();
+    c.put(0, b"k", b"old", &mut s5);
+    c.put(1, b"k", b"new", &mut s6);
+    assert_eq!(c.get(1, b"k", &mut s5), ReadOutcome::Dep);
+    // Other clients are unaffected.
+    assert!(matches!(c.get(1, b"k", &mut s6), ReadOutcome::Found { .. }));
+    // A put resets the dependency.
+    c.put(1, b"k", b"mine", &mut s5);
+    assert!(
+        matches!(c.get(1, b"k", &mut s5), ReadOutcome::Found { value, .. } if value == b"mine")
+    );
+    c.set_link(0, 1, true);
+    c.settle();
+    assert!(c.converged());
+    // The later write wins everywhere.
+    assert_eq!(c.nodes[&0].dump(), vec![(b"k".to_vec(), b"mine".to_vec())]);
+}
+
+#[test]
+fn restore_never_reuses_a_dot_or_goes_back_in_time() {
+    let mut r = Replica::new(3, Limits::default());
+    let (v1, _) = put(&mut r, b"a", b"1", 1_000);
+    let (v2, _) = put(&mut r, b"a", b"2", 1_000);
+    let entries: Vec<(Vec<u8>, Entry)> = vec![(b"a".to_vec(), r.entry(b"a").unwrap().clone())];
+    let log: Vec<(Dot, Vec<u8>)> = vec![(v1.dot, b"a".to_vec()), (v2.dot, b"a".to_vec())];
+    let mut r2 = Replica::restore(3, Limits::default(), r.meta(), entries, log);
+    // Wall clock went back: still later, and a fresh dot.
+    let (v3, _) = put(&mut r2, b"b", b"3", 10);
+    assert_eq!(v3.dot, Dot::new(3, 3));
+    assert!(v3.ts > v2.ts);
+    assert_eq!(r2.seen().get(3), 3);
+    assert_eq!(r2.root(), {
+        let mut r3 = r.clone();
+        let _ = put(&mut r3, b"b", b"3", 10);
+        r3.root()
+    });
+}
+
+#[test]
+fn chain_relays_writes_to_the_far_end() {
+    let mut c = SimCluster::new(&[0, 1, 2], Limits::default());
+    c.set_link(0, 2, false);
+    let mut s = Session::new();
+    c.put(0, b"k", b"v", &mut s);
+    c.deliver_all();
+    assert!(matches!(c.get(2, b"k", &mut s), ReadOutcome::Found { .. }));
+    assert_eq!(
+        c.nodes[&2].seen().get(0),
+        1,
+        "watermark advances through the relay"
+    );
+}
+
+#[test]
+fn fast_path_moves_only_the_missed_writes() {
+    let mut c = SimCluster::new(&[0, 1, 2], Limits::default());
+    let mut s = Session::new();
+    for i in 0..2_000u32 {
+        c.put(0, format!("k{i}").as_bytes(), b"v", &mut s);
+    }
+    c.deliver_all();
+    c.set_link(2, 0, false);
+    c.set_link(2, 1, false);
+    for i in 0..50u32 {
+        c.put(1, format!("k{i}").as_bytes(), b"w", &mut s);
+    }
+    c.deliver_all();
+    c.set_link(2, 1, true);
+    c.synced_items = 0;
+    c.anti_entropy(2, 1);
+    assert_eq!(c.synced_items, 50, "exactly the changed entries are sent");
+    c.set_link(2, 0, true);
+    c.settle();
+    assert!(c.converged());
+}
+
+#[test]
+fn trimmed_log_falls_back_to_the_tree_walk() {
+    let limits = Limits {
+        max_log: 10,
+        ..Limits::default()
+    };
+    let mut c = SimCluster::new(&[0, 1], limits);
+    c.set_link(0, 1, false);
+    let mut s = Session::new();
+    for i in 0..100u32 {
+        c.put(0, format!("k{i}").as_bytes(), b"v", &mut s);
+    }
+    c.trim_all();
+    assert!(
+        c.nodes[&0].log_len() <= 10,
+        "log bounded while a member is away"
+    );
+    assert!(c.nodes[&0].floor().get(0) >= 90);
+    c.set_link(0, 1, true);
+    c.anti_entropy(1, 0);
+    assert!(c.converged());
+    assert_eq!(c.nodes[&1].seen().get(0), 100);
+    // Now every member holds everything: the logs may be emptied.
+    c.anti_entropy(0, 1);
+    c.trim_all();
+    assert_eq!(c.nodes[&0].log_len(), 0);
+    assert_eq!(c.nodes[&1].log_len(), 0);
+}
+
+#[test]
+fn tombstones_are_dropped_only_when_everyone_holds_them_and_never_resurrect() {
+    let mut c = SimCluster::new(&[0, 1, 2], Limits::default());
+    let mut s = Session::new();
+    c.put(0, b"k", b"v", &mut s);
+    c.deliver_all();
+    let stale = c.nodes[&2].entry(b"k").unwrap().clone();
+    let mut st = c.nodes.get_mut(&0).unwrap().stage(
+        vec![Op::Put {
+            key: b"k".to_vec(),
+            value: None,
+            seen_ts: 0,
+        }],
+        5_000_000,
+    );
+    st.outcomes.clear();
+    let relays = c.nodes.get_mut(&0).unwrap().commit(st);
+    assert_eq!(relays.len(), 1);
+    // Node 2 is cut off before it hears of the delete.
+    c.set_link(0, 2, false);
+    c.set_link(1, 2, false);
+    c.settle();
+    c.trim_all();
+    assert!(
+        c.nodes[&0].entry(b"k").is_some(),
+        "2 has not acknowledged: keep it"
+    );
+    c.set_link(0, 2, true);
+    c.set_link(1, 2, true);
+    c.settle();
+    c.trim_all();
+    c.settle();
+    for id in [0, 1, 2] {
+        assert!(c.nodes[&id].entry(b"k").is_none(), "dropped on {id}");
+    }
+    // A stale echo of the old value does not bring the key back.
+    let mut st = c.nodes.get_mut(&1).unwrap().stage(
+        vec![Op::Apply {
+            key: b"k".to_vec(),
+            entry: stale,
+            dots: vec![],
+            from: Some(2),
+        }],
+        6_000_000,
+    );
+    assert_eq!(st.outcomes.remove(0), Outcome::Applied { changed: false });
+}
+
+#[derive(Clone, Debug)]
+enum Step {
+    Put { client: usize, server: u64, key: u8 },
+    Get { client: usize, server: u64, key: u8 },
+    Link { a: u64, b: u64, up: bool },
+    Deliver(usize),
+    DropAll,
+    Sync { a: u64, b: u64 },
+    Trim,
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        4 => (0usize..3, 0u64..4, 0u8..5).prop_map(|(client, server, key)| Step::Put { client, server, key }),
+        4 => (0usize..3, 0u64..4, 0u8..5).prop_map(|(client, server, key)| Step::Get { client, server, key }),
+        2 => (0u64..4, 0u64..4, any::<bool>()).prop_map(|(a, b, up)| Step::Link { a, b, up }),
+        4 => (0usize..8).prop_map(Step::Deliver),
+        1 => Just(Step::DropAll),
+        2 => (0u64..4, 0u64..4).prop_map(|(a, b)| Step::Sync { a, b }),
+        1 => Just(Step::Trim),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
+
+    /// Random schedules of puts, gets, partitions, reorderings, lost pushes,
+    /// anti-entropy and trimming: session guarantees hold at every read, dots are never
+    /// reused, and once every link heals the stores converge.
+    #[test]
+    fn random_schedules_keep_sessions_and_converge(steps in proptest::collection::vec(step(), 1..120)) {
+        let mut c = SimCluster::new(&[0, 1, 2, 3], Limits { max_log: 6, ..Limits::default() });
+        let mut sessions = vec![Session::new(); 3];
+        // Per client per key: the version it last wrote or read.
+        let mut last: Vec<BTreeMap<u8, Version>> = vec![BTreeMap::new(); 3];
+        let mut dots: BTreeMap<Dot, (u8, u32)> = BTreeMap::new();
+        let mut versions: BTreeMap<u8, Vec<Version>> = BTreeMap::new();
+        let mut n = 0u32;
+        for s in steps {
+            match s {
+                Step::Put { client, server, key } => {
+                    n += 1;
+                    let v = c.put(server, &[key], &n.to_be_bytes(), &mut sessions[client]);
+                    prop_assert!(dots.insert(v.dot, (key, n)).is_none(), "dot {} reused", v.dot);
+                    versions.entry(key).or_default().push(v);
+                    if let Some(prev) = last[client].get(&key) {
+                        prop_assert!(v > *prev, "a causally later write must win");
+                    }
+                    last[client].insert(key, v);
+                }
+                Step::Get { client, server, key } => {
+                    match c.get(server, &[key], &mut sessions[client]) {
+                        ReadOutcome::Found { version, .. } => {
+                            if let Some(prev) = last[client].get(&key) {
+                                prop_assert!(version >= *prev, "read older than session dependency");
+                            }
+                            last[client].insert(key, version);
+                        }
+                        ReadOutcome::Missing { .. } => {
+                            prop_assert!(!last[client].contains_key(&key), "ERR_KEY despite a dependency");
+                        }
+                        ReadOutcome::Dep => {
+                            prop_assert!(last[client].contains_key(&key), "ERR_DEP without a dependency");
+                        }
+                    }
+                }
+                Step::Link { a, b, up } => c.set_link(a, b, up),
+                Step::Deliver(i) => { c.deliver_one(i); }
+                Step::DropAll => c.drop_all(),
+                Step::Sync { a, b } => c.anti_entropy(a, b),
+                Step::Trim => c.trim_all(),
+            }
+        }
+        c.settle();
+        prop_assert!(c.converged(), "components did not converge");
+        for a in 0..4 { for b in 0..4 { if a < b { c.set_link(a, b, true); } } }
+        c.settle();
+        prop_assert!(c.converged(), "full mesh did not converge");
+        // Every key holds the LWW maximum of all writes to it, on every server.
+        for id in 0..4u64 {
+            for (k, v) in c.nodes[&id].dump() {
+                let e = c.nodes[&id].entry(&k).unwrap();
+                prop_assert_eq!(Some(e.version), versions.get(&k[0]).and_then(|vs| vs.iter().max().copied()));
+                prop_assert_eq!(&v, &dots[&e.version.dot].1.to_be_bytes().to_vec());
+            }
+        }
+        c.trim_all();
+        c.settle();
+        prop_assert!(c.converged());
+    }
+}

@@ -1,0 +1,345 @@
+//! An in-memory cluster of [`Replica`]s for testing the rules on many schedules.
+//!
+//! Messages sit in per-link FIFO queues (like the ordered QUIC push stream) and are
+//! delivered when the test says so; a broken link drops what was queued on it (like a
+//! closed connection). Anti-entropy and the tree walk run the same request/answer
+//! functions the real servers run. Persisting is a no-op here: every staged batch is
+//! committed at once, which is what the real commit loop does after its fsync.
+
+use crate::proto::PeerMsg;
+use crate::replica::{Op, Outcome, ReadOutcome, Replica, SyncNext};
+use crate::session::Session;
+use crate::version::{NodeId, Version};
+use crate::Limits;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+/// A simulated cluster.
+pub struct SimCluster {
+    /// The replicas.
+    pub nodes: BTreeMap<NodeId, Replica>,
+    up: BTreeSet<(NodeId, NodeId)>,
+    queues: BTreeMap<(NodeId, NodeId), VecDeque<PeerMsg>>,
+    wall: u64,
+    /// Entries moved by anti-entropy (fast path and walk), for efficiency checks.
+    pub synced_items: usize,
+}
+
+fn pair(a: NodeId, b: NodeId) -> (NodeId, NodeId) {
+    (a.min(b), a.max(b))
+}
+
+impl SimCluster {
+    /// A fully connected cluster of `ids`.
+    pub fn new(ids: &[NodeId], limits: Limits) -> Self {
+        let mut nodes = BTreeMap::new();
+        for &id in ids {
+            let mut r = Replica::new(id, limits.clone());
+            for &o in ids {
+                r.add_member(o);
+            }
+            nodes.insert(id, r);
+        }
+        let mut c = SimCluster {
+            nodes,
+            up: BTreeSet::new(),
+            queues: BTreeMap::new(),
+            wall: 1_000_000,
+            synced_items: 0,
+        };
+        for &a in ids {
+            for &b in ids {
+                if a < b {
+                    c.set_link(a, b, true);
+                }
+            }
+        }
+        c
+    }
+
+    /// Bring a link up or down (down drops whatever was queued on it).
+    pub fn set_link(&mut self, a: NodeId, b: NodeId, up: bool) {
+        if a == b {
+            return;
+        }
+        if up {
+            self.up.insert(pair(a, b));
+        } else {
+            self.up.remove(&pair(a, b));
+            self.queues.remove(&(a, b));
+            self.queues.remove(&(b, a));
+        }
+        if let Some(r) = self.nodes.get_mut(&a) {
+            r.set_connected(b, up);
+        }
+        if let Some(r) = self.nodes.get_mut(&b) {
+            r.set_connected(a, up);
+        }
+        // Link announcements arrive at once in the simulation.
+        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        for &x in &ids {
+            let links: BTreeSet<NodeId> = self.nodes[&x].connected().into_iter().collect();
+            for &y in &ids {
+                if self.is_up(x, y) {
+                    if let Some(r) = self.nodes.get_mut(&y) {
+                        r.set_peer_links(x, links.clone());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether the link between `a` and `b` is up.
+    pub fn is_up(&self, a: NodeId, b: NodeId) -> bool {
+        self.up.contains(&pair(a, b))
+    }
+
+    fn run(&mut self, at: NodeId, ops: Vec<Op>) -> Vec<Outcome> {
+        self.wall += 1;
+        let wall = self.wall;
+        let Some(r) = self.nodes.get_mut(&at) else {
+            return Vec::new();
+        };
+        let mut st = r.stage(ops, wall);
+        let outcomes = std::mem::take(&mut st.outcomes);
+        let relays = r.commit(st);
+        for rel in relays {
+            for t in rel.targets {
+                if self.up.contains(&pair(at, t)) {
+                    self.queues
+                        .entry((at, t))
+                        .or_default()
+                        .push_back(PeerMsg::Push {
+                            key: rel.key.clone(),
+                            entry: rel.entry.clone(),
+                            dots: rel.dots.clone(),
+                        });
+                }
+            }
+        }
+        outcomes
+    }
+
+    /// A client put through server `at`.
+    pub fn put(&mut self, at: NodeId, key: &[u8], value: &[u8], s: &mut Session) -> Version {
+        let out = self.run(
+            at,
+            vec![Op::Put {
+                key: key.to_vec(),
+                value: Some(value.to_vec()),
+                seen_ts: s.seen_ts(),
+            }],
+        );
+        match out.first() {
+            Some(Outcome::Put { version, .. }) => {
+                s.wrote(key, *version);
+                *version
+            }
+            other => panic!("put produced {other:?}"),
+        }
+    }
+
+    /// A client get through server `at`, updating the session like the client does.
+    pub fn get(&mut self, at: NodeId, key: &[u8], s: &mut Session) -> ReadOutcome {
+        let dep = s.dep(key);
+        let seen = s.seen_ts();
+        let Some(r) = self.nodes.get_mut(&at) else {
+            return ReadOutcome::Dep;
+        };
+        let out = r.read(key, dep, seen);
+        match &out {
+            ReadOutcome::Found { version, .. } => s.read(key, *version),
+            ReadOutcome::Missing {
+                version: Some(version),
+            } => s.read(key, *version),
+            _ => {}
+        }
+        out
+    }
+
+    /// Number of queued messages.
+    pub fn in_flight(&self) -> usize {
+        self.queues.values().map(|q| q.len()).sum()
+    }
+
+    /// Deliver the head of the `n`-th non-empty queue (mod their number). False if none.
+    pub fn deliver_one(&mut self, n: usize) -> bool {
+        let busy: Vec<(NodeId, NodeId)> = self
+            .queues
+            .iter()
+            .filter(|(_, q)| !q.is_empty())
+            .map(|(k, _)| *k)
+            .collect();
+        if busy.is_empty() {
+            return false;
+        }
+        let (from, to) = busy[n % busy.len()];
+        let Some(msg) = self.queues.get_mut(&(from, to)).and_then(|q| q.pop_front()) else {
+            return false;
+        };
+        match msg {
+            PeerMsg::Push { key, entry, dots } => {
+                self.run(
+                    to,
+                    vec![Op::Apply {
+                        key,
+                        entry,
+                        dots,
+                        from: Some(from),
+                    }],
+                );
+            }
+            PeerMsg::Links(l) => {
+                if let Some(r) = self.nodes.get_mut(&to) {
+                    r.set_peer_links(from, l.into_iter().collect());
+                }
+            }
+        }
+        true
+    }
+
+    /// Deliver everything queued (and everything that causes).
+    pub fn deliver_all(&mut self) {
+        while self.deliver_one(0) {}
+    }
+
+    /// Drop everything queued (lost pushes).
+    pub fn drop_all(&mut self) {
+        self.queues.clear();
+    }
+
+    /// One anti-entropy exchange: `a` pulls from `b` (fast path, then walk if needed).
+    pub fn anti_entropy(&mut self, a: NodeId, b: NodeId) {
+        if !self.is_up(a, b) {
+            return;
+        }
+        for _ in 0..10_000 {
+            let req = self.nodes[&a].sync_request();
+            let Some(rb) = self.nodes.get_mut(&b) else {
+                return;
+            };
+            let resp = rb.answer_sync(a, &req);
+            let Some(ra) = self.nodes.get_mut(&a) else {
+                return;
+            };
+            let ops = ra.sync_ops(b, &resp);
+            self.synced_items += ops.len();
+            self.run(a, ops);
+            match self.nodes[&a].sync_next(&resp) {
+                SyncNext::Done => return,
+                SyncNext::Again => continue,
+                SyncNext::Walk => {
+                    self.walk(a, b, resp.seen.clone());
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The tree walk: `a` pulls differing entries from `b` and gives back what it lacks.
+    pub fn walk(&mut self, a: NodeId, b: NodeId, b_seen: crate::VersionVector) {
+        let ga = self.nodes[&a].digest().groups().to_vec();
+        let gb = self.nodes[&b].digest().groups().to_vec();
+        let groups: Vec<u8> = crate::digest::differing(&ga, &gb)
+            .into_iter()
+            .map(|g| g as u8)
+            .collect();
+        let mut buckets: Vec<u16> = Vec::new();
+        let ba = self.nodes[&a].group_buckets(&groups);
+        let bb = self.nodes[&b].group_buckets(&groups);
+        for ((g, x), (_, y)) in ba.iter().zip(bb.iter()) {
+            for i in crate::digest::differing(x, y) {
+                buckets.push(((*g as u16) << 8) | i as u16);
+            }
+        }
+        let theirs = self.nodes[&b].bucket_keys(&buckets);
+        let (fetch, give) = self.nodes[&a].walk_diff(&buckets, &theirs);
+        let got = self.nodes[&b].entries(&fetch);
+        let gave = self.nodes[&a].entries(&give);
+        self.synced_items += got.len() + gave.len();
+        let mut ops: Vec<Op> = got
+            .into_iter()
+            .map(|it| Op::Apply {
+                key: it.key,
+                entry: it.entry,
+                dots: it.dots,
+                from: Some(b),
+            })
+            .collect();
+        ops.push(Op::Adopt { seen: b_seen });
+        self.run(a, ops);
+        let ops_b: Vec<Op> = gave
+            .into_iter()
+            .map(|it| Op::Apply {
+                key: it.key,
+                entry: it.entry,
+                dots: it.dots,
+                from: Some(a),
+            })
+            .collect();
+        self.run(b, ops_b);
+    }
+
+    /// Trim logs and tombstones everywhere.
+    pub fn trim_all(&mut self) {
+        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        for id in ids {
+            self.run(id, vec![Op::Trim]);
+        }
+    }
+
+    /// Connected components over up links.
+    pub fn components(&self) -> Vec<Vec<NodeId>> {
+        let mut seen = BTreeSet::new();
+        let mut out = Vec::new();
+        for &start in self.nodes.keys() {
+            if !seen.insert(start) {
+                continue;
+            }
+            let mut comp = vec![start];
+            let mut i = 0;
+            while i < comp.len() {
+                let x = comp[i];
+                for &y in self.nodes.keys() {
+                    if self.is_up(x, y) && seen.insert(y) {
+                        comp.push(y);
+                    }
+                }
+                i += 1;
+            }
+            comp.sort();
+            out.push(comp);
+        }
+        out
+    }
+
+    /// Deliver everything and run anti-entropy until nothing changes.
+    pub fn settle(&mut self) {
+        for _ in 0..100 {
+            self.deliver_all();
+            let before: Vec<u64> = self.nodes.values().map(|r| r.root()).collect();
+            let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+            for &a in &ids {
+                for &b in &ids {
+                    if a != b {
+                        self.anti_entropy(a, b);
+                    }
+                }
+            }
+            self.deliver_all();
+            let after: Vec<u64> = self.nodes.values().map(|r| r.root()).collect();
+            if before == after && self.in_flight() == 0 {
+                return;
+            }
+        }
+    }
+
+    /// Whether every component holds identical stores.
+    pub fn converged(&self) -> bool {
+        self.components().iter().all(|c| {
+            let r0 = self.nodes[&c[0]].root();
+            let d0 = self.nodes[&c[0]].dump();
+            c.iter()
+                .all(|id| self.nodes[id].root() == r0 && self.nodes[id].dump() == d0)
+        })
+    }
+}
