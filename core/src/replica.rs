@@ -146,6 +146,9 @@ pub enum Outcome {
     Done,
 }
 
+/// Per changed key: the dots that changed it and where they came from (`None`: here).
+type RelaySource = (Vec<Dot>, BTreeSet<Option<NodeId>>);
+
 /// A batch ready to be persisted; see the module docs.
 #[derive(Clone, Debug, Default)]
 pub struct Staged {
@@ -161,7 +164,7 @@ pub struct Staged {
     pub meta: Meta,
     /// One outcome per op, in order.
     pub outcomes: Vec<Outcome>,
-    relay: BTreeMap<Vec<u8>, (Vec<Dot>, BTreeSet<Option<NodeId>>)>,
+    relay: BTreeMap<Vec<u8>, RelaySource>,
     log_index: HashSet<Dot>,
 }
 
