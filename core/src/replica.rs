@@ -279,6 +279,7 @@ pub struct Replica {
     floor: VersionVector,
     log: BTreeMap<Dot, Vec<u8>>,
     peers: BTreeMap<NodeId, PeerView>,
+    tombstones: BTreeSet<Vec<u8>>,
     limits: Limits,
 }
 
@@ -295,6 +296,7 @@ impl Replica {
             floor: VersionVector::new(),
             log: BTreeMap::new(),
             peers: BTreeMap::new(),
+            tombstones: BTreeSet::new(),
             limits,
         }
     }
@@ -311,6 +313,9 @@ impl Replica {
         for (k, e) in entries {
             r.digest.update(&k, 0, e.digest(&k));
             r.hlc.observe(e.version.ts);
+            if e.value.is_none() {
+                r.tombstones.insert(k.clone());
+            }
             r.store.insert(k, e);
         }
         r.log = log.into_iter().collect();
@@ -542,7 +547,10 @@ impl Replica {
             .filter(|(id, _)| **id != self.id)
             .map(|(_, p)| p.seen.clone().unwrap_or_default())
             .collect();
-        for (k, e) in &self.store {
+        for k in &self.tombstones {
+            let Some(e) = self.store.get(k) else {
+                continue;
+            };
             if e.value.is_none()
                 && e.ctx.le(&st.meta.seen)
                 && members_seen.iter().all(|s| e.ctx.le(s))
@@ -558,9 +566,15 @@ impl Replica {
         for (key, entry) in st.writes {
             let old = self.store.get(&key).map_or(0, |e| e.digest(&key));
             self.digest.update(&key, old, entry.digest(&key));
+            if entry.value.is_none() {
+                self.tombstones.insert(key.clone());
+            } else {
+                self.tombstones.remove(&key);
+            }
             self.store.insert(key, entry);
         }
         for key in st.removes {
+            self.tombstones.remove(&key);
             if let Some(e) = self.store.remove(&key) {
                 self.digest.update(&key, e.digest(&key), 0);
             }
@@ -658,6 +672,11 @@ impl Replica {
     /// True when the store holds no key.
     pub fn is_empty(&self) -> bool {
         self.store.is_empty()
+    }
+
+    /// Number of tombstones held.
+    pub fn tombstones(&self) -> usize {
+        self.tombstones.len()
     }
 
     /// Number of log records held.
