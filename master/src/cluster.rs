@@ -1,0 +1,689 @@
+//! The master's orchestration: child processes, the link graph, and every command.
+//!
+//! The master owns the topology. Server↔server links are "connected unless broken";
+//! `joinServer` connects the new server to every live server (clearing breaks that
+//! involved its id), while breaks between other servers stay. Client links are an
+//! ordered list per client (most recent last); a link to a killed server stays and is
+//! used again, with the new address, once that id rejoins.
+//!
+//! `stabilize` polls every live server's digest root and returns when, in every
+//! connected component of live servers (over unbroken server links, transitively),
+//! all roots are equal. Roots cover keys, values, versions and causal contexts, so
+//! equal roots mean identical stores *and* identical answers to session checks.
+
+use crate::script::Command;
+use meshkv_core::control::{ControlIn, ControlOut, ControlReq, ControlResp, GetResult};
+use meshkv_core::NodeId;
+use meshkv_node::pki::{self, Identity};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStdin};
+use tokio::sync::oneshot;
+
+type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<ControlResp>>>>;
+
+/// A running child process and its control channel.
+struct Proc {
+    child: Child,
+    pid: u32,
+    stdin: ChildStdin,
+    pending: Pending,
+    seq: u64,
+}
+
+impl Proc {
+    async fn call(&mut self, req: ControlReq, timeout: Duration) -> Result<ControlResp, String> {
+        self.seq += 1;
+        let seq = self.seq;
+        let (tx, rx) = oneshot::channel();
+        self.pending
+            .lock()
+            .map_err(|_| "control channel poisoned".to_string())?
+            .insert(seq, tx);
+        let mut line = serde_json::to_string(&ControlIn { seq, req }).map_err(|e| e.to_string())?;
+        line.push('\n');
+        self.stdin
+            .write_all(line.as_bytes())
+            .await
+            .map_err(|e| format!("control channel closed: {e}"))?;
+        self.stdin.flush().await.map_err(|e| e.to_string())?;
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(_)) => Err("the process exited".into()),
+            Err(_) => Err(format!("no answer within {timeout:?}")),
+        }
+    }
+
+    async fn kill(mut self) {
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
+    }
+
+    async fn stop(mut self) {
+        drop(self.stdin);
+        if tokio::time::timeout(Duration::from_secs(3), self.child.wait())
+            .await
+            .is_err()
+        {
+            let _ = self.child.start_kill();
+            let _ = self.child.wait().await;
+        }
+    }
+}
+
+struct ServerSlot {
+    proc: Option<Proc>,
+    addr: Option<SocketAddr>,
+}
+
+struct ClientSlot {
+    proc: Proc,
+    links: Vec<NodeId>,
+}
+
+/// How the master runs.
+#[derive(Clone, Debug)]
+pub struct MasterOpts {
+    /// Where certificates, data, logs and the pid list go.
+    pub run_dir: PathBuf,
+    /// The `meshkv` binary.
+    pub bin: PathBuf,
+    /// How long `stabilize` waits before giving up with a warning.
+    pub stabilize_timeout: Duration,
+}
+
+/// The master: children, links, and the command interpreter.
+pub struct Master {
+    opts: MasterOpts,
+    certs: PathBuf,
+    servers: BTreeMap<NodeId, ServerSlot>,
+    clients: BTreeMap<NodeId, ClientSlot>,
+    broken: BTreeSet<(NodeId, NodeId)>,
+    pids: std::fs::File,
+}
+
+const CALL: Duration = Duration::from_secs(30);
+const LINK_WAIT_MS: u64 = 5_000;
+
+fn pair(a: NodeId, b: NodeId) -> (NodeId, NodeId) {
+    (a.min(b), a.max(b))
+}
+
+/// Find the `meshkv` binary: `$MESHKV_BIN`, else next to this executable.
+pub fn find_node_binary() -> Result<PathBuf, String> {
+    if let Ok(p) = std::env::var("MESHKV_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe().map_err(|e| format!("cannot locate myself: {e}"))?;
+    let exe = std::fs::canonicalize(&exe).unwrap_or(exe);
+    let sib = exe.with_file_name("meshkv");
+    if sib.exists() {
+        return Ok(sib);
+    }
+    Err(format!(
+        "cannot find the meshkv binary next to {} (set MESHKV_BIN)",
+        exe.display()
+    ))
+}
+
+impl Master {
+    /// Prepare the run directory (certificates, data, logs, pid list).
+    pub fn new(opts: MasterOpts) -> Result<Master, String> {
+        let certs = opts.run_dir.join("certs");
+        for d in ["certs", "data", "logs"] {
+            std::fs::create_dir_all(opts.run_dir.join(d))
+                .map_err(|e| format!("cannot create {}: {e}", opts.run_dir.display()))?;
+        }
+        let pids = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(opts.run_dir.join("pids"))
+            .map_err(|e| format!("cannot open the pid list: {e}"))?;
+        Ok(Master {
+            opts,
+            certs,
+            servers: BTreeMap::new(),
+            clients: BTreeMap::new(),
+            broken: BTreeSet::new(),
+            pids,
+        })
+    }
+
+    async fn spawn(&mut self, who: Identity) -> Result<(Proc, Option<SocketAddr>), String> {
+        pki::write_cluster_certs(&self.certs, &[who]).map_err(|e| e.to_string())?;
+        let log_path = self.opts.run_dir.join("logs").join(format!("{who}.log"));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(|e| format!("cannot open {}: {e}", log_path.display()))?;
+        let mut cmd = tokio::process::Command::new(&self.opts.bin);
+        match who.role {
+            pki::Role::Server => {
+                let data = self
+                    .opts
+                    .run_dir
+                    .join("data")
+                    .join(format!("server-{}", who.id));
+                cmd.arg("server")
+                    .arg("--id")
+                    .arg(who.id.to_string())
+                    .arg("--data")
+                    .arg(data);
+            }
+            pki::Role::Client => {
+                cmd.arg("client").arg("--id").arg(who.id.to_string());
+            }
+        }
+        cmd.arg("--certs")
+            .arg(&self.certs)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .kill_on_drop(true);
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", self.opts.bin.display()))?;
+        let pid = child.id().unwrap_or(0);
+        let _ = writeln!(self.pids, "{pid}");
+        let _ = self.pids.flush();
+        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            return Err("child has no pipes".into());
+        };
+        let mut lines = BufReader::new(stdout).lines();
+        let ready = tokio::time::timeout(Duration::from_secs(20), lines.next_line()).await;
+        let first = match ready {
+            Ok(Ok(Some(l))) => l,
+            _ => {
+                let _ = child.start_kill();
+                let _ = child.wait().await;
+                let tail = std::fs::read_to_string(&log_path).unwrap_or_default();
+                let last = tail.lines().last().unwrap_or("no output").to_string();
+                return Err(format!("{who} did not start: {last}"));
+            }
+        };
+        let addr = match serde_json::from_str::<ControlOut>(&first) {
+            Ok(ControlOut {
+                resp: ControlResp::Ready { quic, .. },
+                ..
+            }) => quic.and_then(|q| q.parse().ok()),
+            _ => {
+                let _ = child.start_kill();
+                let _ = child.wait().await;
+                return Err(format!("{who} sent {first:?} instead of ready"));
+            }
+        };
+        let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
+        let p2 = pending.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Ok(out) = serde_json::from_str::<ControlOut>(&line) {
+                    let tx = p2.lock().ok().and_then(|mut m| m.remove(&out.seq));
+                    if let Some(tx) = tx {
+                        let _ = tx.send(out.resp);
+                    }
+                }
+            }
+            // EOF: the child is gone; dropping the senders wakes every waiter.
+            if let Ok(mut m) = p2.lock() {
+                m.clear();
+            }
+        });
+        Ok((
+            Proc {
+                child,
+                pid,
+                stdin,
+                pending,
+                seq: 0,
+            },
+            addr,
+        ))
+    }
+
+    fn live_servers(&self) -> Vec<NodeId> {
+        self.servers
+            .iter()
+            .filter(|(_, s)| s.proc.is_some())
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    fn is_server(&self, id: NodeId) -> bool {
+        self.servers.contains_key(&id)
+    }
+
+    /// Run one command. Output goes to `out`; errors are returned as one line.
+    pub async fn run(&mut self, cmd: Command, out: &mut impl Write) -> Result<(), String> {
+        match cmd {
+            Command::JoinServer { id } => self.join_server(id).await,
+            Command::KillServer { id } => self.kill_server(id).await,
+            Command::JoinClient { id, server } => self.join_client(id, server).await,
+            Command::BreakConnection { a, b } => self.set_connection(a, b, false).await,
+            Command::CreateConnection { a, b } => self.set_connection(a, b, true).await,
+            Command::Stabilize => self.stabilize().await,
+            Command::PrintStore { id } => {
+                let proc = self.server_proc(id)?;
+                match proc.call(ControlReq::Dump, CALL).await? {
+                    ControlResp::Dump { pairs } => {
+                        for (k, v) in pairs {
+                            let _ = writeln!(
+                                out,
+                                "{}:{}",
+                                String::from_utf8_lossy(&k),
+                                String::from_utf8_lossy(&v)
+                            );
+                        }
+                        let _ = out.flush();
+                        Ok(())
+                    }
+                    other => Err(format!("printStore {id}: unexpected answer {other:?}")),
+                }
+            }
+            Command::Put { client, key, value } => {
+                let c = self.client_proc(client)?;
+                match c
+                    .call(
+                        ControlReq::Put {
+                            key: key.clone(),
+                            value,
+                        },
+                        CALL,
+                    )
+                    .await?
+                {
+                    ControlResp::Ok => Ok(()),
+                    ControlResp::Error(e) => Err(format!("put {client} {key}: {e}")),
+                    other => Err(format!("put {client} {key}: unexpected answer {other:?}")),
+                }
+            }
+            Command::Get { client, key } => {
+                let c = self.client_proc(client)?;
+                let r = c.call(ControlReq::Get { key: key.clone() }, CALL).await?;
+                let shown = match r {
+                    ControlResp::Got(GetResult::Value(v)) => v,
+                    ControlResp::Got(GetResult::NotFound) => "ERR_KEY".into(),
+                    ControlResp::Got(GetResult::Dep) => "ERR_DEP".into(),
+                    ControlResp::Error(e) => return Err(format!("get {client} {key}: {e}")),
+                    other => {
+                        return Err(format!("get {client} {key}: unexpected answer {other:?}"))
+                    }
+                };
+                let _ = writeln!(out, "{key}:{shown}");
+                let _ = out.flush();
+                Ok(())
+            }
+        }
+    }
+
+    fn server_proc(&mut self, id: NodeId) -> Result<&mut Proc, String> {
+        match self.servers.get_mut(&id) {
+            Some(ServerSlot { proc: Some(p), .. }) => Ok(p),
+            Some(_) => Err(format!("server {id} is not running (it was killed)")),
+            None if self.clients.contains_key(&id) => {
+                Err(format!("{id} is a client, not a server"))
+            }
+            None => Err(format!("no server with id {id}")),
+        }
+    }
+
+    fn client_proc(&mut self, id: NodeId) -> Result<&mut Proc, String> {
+        if self.servers.contains_key(&id) {
+            return Err(format!("{id} is a server, not a client"));
+        }
+        self.clients
+            .get_mut(&id)
+            .map(|c| &mut c.proc)
+            .ok_or_else(|| format!("no client with id {id}"))
+    }
+
+    async fn join_server(&mut self, id: NodeId) -> Result<(), String> {
+        if self.clients.contains_key(&id) {
+            return Err(format!("joinServer {id}: id {id} is already a client"));
+        }
+        if self.servers.get(&id).is_some_and(|s| s.proc.is_some()) {
+            return Err(format!("joinServer {id}: server {id} is already running"));
+        }
+        let (proc, addr) = self.spawn(Identity::server(id)).await?;
+        let addr = addr.ok_or_else(|| format!("server {id} reported no address"))?;
+        self.servers.insert(
+            id,
+            ServerSlot {
+                proc: Some(proc),
+                addr: Some(addr),
+            },
+        );
+        let others: Vec<NodeId> = self
+            .live_servers()
+            .into_iter()
+            .filter(|s| *s != id)
+            .collect();
+        self.broken.retain(|(a, b)| *a != id && *b != id);
+        for &o in &others {
+            self.connect_servers(id, o).await;
+        }
+        // Clients that kept a link to this id use it again, at the new address.
+        let ids: Vec<NodeId> = self
+            .clients
+            .iter()
+            .filter(|(_, c)| c.links.contains(&id))
+            .map(|(cid, _)| *cid)
+            .collect();
+        for cid in ids {
+            if let Some(c) = self.clients.get_mut(&cid) {
+                let req = ControlReq::Readdress {
+                    server: id,
+                    addr: addr.to_string(),
+                };
+                if let Err(e) = c.proc.call(req, CALL).await {
+                    eprintln!("joinServer {id}: could not tell client {cid}: {e}");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Allow and establish the link between two live servers; warn if it stays down.
+    async fn connect_servers(&mut self, a: NodeId, b: NodeId) {
+        let (Some(addr_a), Some(addr_b)) = (
+            self.servers.get(&a).and_then(|s| s.addr),
+            self.servers.get(&b).and_then(|s| s.addr),
+        ) else {
+            return;
+        };
+        let mut pa = self.servers.get_mut(&a).and_then(|s| s.proc.take());
+        let mut pb = self.servers.get_mut(&b).and_then(|s| s.proc.take());
+        if let (Some(x), Some(y)) = (pa.as_mut(), pb.as_mut()) {
+            let ra = x.call(
+                ControlReq::Peer {
+                    id: b,
+                    addr: addr_b.to_string(),
+                    wait_ms: LINK_WAIT_MS,
+                },
+                CALL,
+            );
+            let rb = y.call(
+                ControlReq::Peer {
+                    id: a,
+                    addr: addr_a.to_string(),
+                    wait_ms: LINK_WAIT_MS,
+                },
+                CALL,
+            );
+            let (ra, rb) = tokio::join!(ra, rb);
+            for r in [ra, rb] {
+                match r {
+                    Ok(ControlResp::Ok) => {}
+                    Ok(ControlResp::Error(e)) => eprintln!("warning: {e}"),
+                    Ok(other) => eprintln!("warning: unexpected answer {other:?}"),
+                    Err(e) => eprintln!("warning: link {a}-{b}: {e}"),
+                }
+            }
+        }
+        if let Some(s) = self.servers.get_mut(&a) {
+            s.proc = pa;
+        }
+        if let Some(s) = self.servers.get_mut(&b) {
+            s.proc = pb;
+        }
+    }
+
+    async fn kill_server(&mut self, id: NodeId) -> Result<(), String> {
+        let proc = match self.servers.get_mut(&id) {
+            Some(s) => s.proc.take(),
+            None => return Err(format!("killServer {id}: no server with id {id}")),
+        };
+        let Some(proc) = proc else {
+            return Err(format!("killServer {id}: server {id} is not running"));
+        };
+        proc.kill().await;
+        if let Some(s) = self.servers.get_mut(&id) {
+            s.addr = None;
+        }
+        for (cid, c) in self.clients.iter_mut() {
+            if c.links.contains(&id) {
+                if let Err(e) = c.proc.call(ControlReq::Down { server: id }, CALL).await {
+                    eprintln!("killServer {id}: could not tell client {cid}: {e}");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn join_client(&mut self, id: NodeId, server: NodeId) -> Result<(), String> {
+        if self.servers.contains_key(&id) {
+            return Err(format!("joinClient {id} {server}: id {id} is a server"));
+        }
+        if self.clients.contains_key(&id) {
+            return Err(format!(
+                "joinClient {id} {server}: client {id} already exists"
+            ));
+        }
+        if !self.is_server(server) {
+            return Err(format!(
+                "joinClient {id} {server}: no server with id {server}"
+            ));
+        }
+        let (proc, _) = self.spawn(Identity::client(id)).await?;
+        self.clients.insert(
+            id,
+            ClientSlot {
+                proc,
+                links: Vec::new(),
+            },
+        );
+        self.link_client(id, server).await
+    }
+
+    async fn link_client(&mut self, cid: NodeId, sid: NodeId) -> Result<(), String> {
+        let addr = self.servers.get(&sid).and_then(|s| s.addr);
+        let Some(c) = self.clients.get_mut(&cid) else {
+            return Err(format!("no client with id {cid}"));
+        };
+        c.links.retain(|s| *s != sid);
+        c.links.push(sid);
+        match addr {
+            Some(a) => {
+                c.proc
+                    .call(
+                        ControlReq::Link {
+                            server: sid,
+                            addr: a.to_string(),
+                        },
+                        CALL,
+                    )
+                    .await?;
+            }
+            None => {
+                // Linked to a server that is down: keep the place, mark it down.
+                c.proc
+                    .call(
+                        ControlReq::Link {
+                            server: sid,
+                            addr: "0.0.0.0:9".into(),
+                        },
+                        CALL,
+                    )
+                    .await?;
+                c.proc.call(ControlReq::Down { server: sid }, CALL).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn set_connection(&mut self, a: NodeId, b: NodeId, up: bool) -> Result<(), String> {
+        let verb = if up {
+            "createConnection"
+        } else {
+            "breakConnection"
+        };
+        if a == b {
+            return Err(format!("{verb} {a} {b}: an id cannot link to itself"));
+        }
+        match (self.is_server(a), self.is_server(b)) {
+            (true, true) => {
+                if up {
+                    self.broken.remove(&pair(a, b));
+                    self.connect_servers(a, b).await;
+                } else {
+                    self.broken.insert(pair(a, b));
+                    for (x, y) in [(a, b), (b, a)] {
+                        if let Some(Some(p)) = self.servers.get_mut(&x).map(|s| s.proc.as_mut()) {
+                            if let Err(e) = p.call(ControlReq::Block { id: y }, CALL).await {
+                                eprintln!("warning: {verb} {a} {b}: {e}");
+                            }
+                        }
+                    }
+                }
+                Ok(())
+            }
+            (true, false) | (false, true) => {
+                let (s, c) = if self.is_server(a) { (a, b) } else { (b, a) };
+                if !self.clients.contains_key(&c) {
+                    return Err(format!("{verb} {a} {b}: no client or server with id {c}"));
+                }
+                if up {
+                    self.link_client(c, s).await
+                } else {
+                    let Some(cl) = self.clients.get_mut(&c) else {
+                        return Err(format!("no client with id {c}"));
+                    };
+                    cl.links.retain(|x| *x != s);
+                    cl.proc.call(ControlReq::Unlink { server: s }, CALL).await?;
+                    Ok(())
+                }
+            }
+            (false, false) => {
+                let unknown = [a, b]
+                    .into_iter()
+                    .filter(|x| !self.clients.contains_key(x))
+                    .map(|x| x.to_string())
+                    .collect::<Vec<_>>();
+                if unknown.is_empty() {
+                    Err(format!("{verb} {a} {b}: both are clients"))
+                } else {
+                    Err(format!("{verb} {a} {b}: unknown id {}", unknown.join(", ")))
+                }
+            }
+        }
+    }
+
+    /// Connected components of live servers over unbroken links.
+    pub fn components(&self) -> Vec<Vec<NodeId>> {
+        let live = self.live_servers();
+        let mut seen = BTreeSet::new();
+        let mut out = Vec::new();
+        for &s in &live {
+            if !seen.insert(s) {
+                continue;
+            }
+            let mut comp = vec![s];
+            let mut i = 0;
+            while i < comp.len() {
+                let x = comp[i];
+                for &y in &live {
+                    if y != x && !self.broken.contains(&pair(x, y)) && seen.insert(y) {
+                        comp.push(y);
+                    }
+                }
+                i += 1;
+            }
+            out.push(comp);
+        }
+        out
+    }
+
+    async fn stabilize(&mut self) -> Result<(), String> {
+        let start = Instant::now();
+        let comps = self.components();
+        loop {
+            let mut roots: BTreeMap<NodeId, u64> = BTreeMap::new();
+            let ids = self.live_servers();
+            let mut procs: Vec<(NodeId, Proc)> = Vec::new();
+            for id in &ids {
+                if let Some(p) = self.servers.get_mut(id).and_then(|s| s.proc.take()) {
+                    procs.push((*id, p));
+                }
+            }
+            let answers = futures_join_all(
+                procs
+                    .iter_mut()
+                    .map(|(id, p)| {
+                        let id = *id;
+                        async move { (id, p.call(ControlReq::Digest, CALL).await) }
+                    })
+                    .collect(),
+            )
+            .await;
+            for (id, p) in procs {
+                if let Some(s) = self.servers.get_mut(&id) {
+                    s.proc = Some(p);
+                }
+            }
+            for (id, a) in answers {
+                match a {
+                    Ok(ControlResp::Digest { root, .. }) => {
+                        roots.insert(id, root);
+                    }
+                    Ok(other) => return Err(format!("stabilize: server {id} answered {other:?}")),
+                    Err(e) => return Err(format!("stabilize: server {id}: {e}")),
+                }
+            }
+            let settled = comps.iter().all(|c| {
+                let r0 = roots.get(&c[0]);
+                c.iter().all(|s| roots.get(s) == r0)
+            });
+            if settled {
+                return Ok(());
+            }
+            if start.elapsed() > self.opts.stabilize_timeout {
+                return Err(format!(
+                    "stabilize: stores still differ after {:?}",
+                    self.opts.stabilize_timeout
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    /// Stop every child (EOF on its control channel, then SIGKILL if it lingers).
+    pub async fn shutdown(&mut self) {
+        let mut stops = Vec::new();
+        for (_, c) in std::mem::take(&mut self.clients) {
+            stops.push(c.proc.stop());
+        }
+        for (_, s) in std::mem::take(&mut self.servers) {
+            if let Some(p) = s.proc {
+                stops.push(p.stop());
+            }
+        }
+        futures_join_all(stops).await;
+    }
+
+    /// The run directory.
+    pub fn run_dir(&self) -> &Path {
+        &self.opts.run_dir
+    }
+
+    /// Pids of the running children.
+    pub fn pids(&self) -> Vec<u32> {
+        let mut v: Vec<u32> = self.clients.values().map(|c| c.proc.pid).collect();
+        v.extend(
+            self.servers
+                .values()
+                .filter_map(|s| s.proc.as_ref().map(|p| p.pid)),
+        );
+        v
+    }
+}
+
+/// Run futures concurrently and collect their outputs in order.
+async fn futures_join_all<F: std::future::Future>(futs: Vec<F>) -> Vec<F::Output> {
+    futures::future::join_all(futs).await
+}

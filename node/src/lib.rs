@@ -1,0 +1,15 @@
+//! # meshkv-node — the server and client processes
+//!
+//! Thin adapters around [`meshkv_core`]: QUIC ([`net`], [`pki`], [`frame`]), sled
+//! ([`storage`]), the server ([`server`]), the client ([`client`]) and the master's
+//! control channel ([`control`]).
+
+pub use meshkv_core;
+
+pub mod client;
+pub mod control;
+pub mod frame;
+pub mod net;
+pub mod pki;
+pub mod server;
+pub mod storage;

@@ -1,0 +1,150 @@
+//! `meshkv`: the server and client processes, certificate tooling.
+
+use clap::{Parser, Subcommand};
+use meshkv_node::client::Client;
+use meshkv_node::net::NetTuning;
+use meshkv_node::pki::{self, Identity, TlsMaterial};
+use meshkv_node::server::{Server, ServerOpts};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "meshkv",
+    version,
+    about = "A replicated key-value store over a QUIC mesh"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a server driven by the master over stdin/stdout (exits when stdin closes).
+    Server {
+        /// Server id.
+        #[arg(long)]
+        id: u64,
+        /// Data directory (sled).
+        #[arg(long)]
+        data: PathBuf,
+        /// Directory with ca.pem and server-ID.pem/.key.
+        #[arg(long)]
+        certs: PathBuf,
+        /// QUIC listen address.
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: SocketAddr,
+    },
+    /// Run a client driven by the master over stdin/stdout (exits when stdin closes).
+    Client {
+        /// Client id.
+        #[arg(long)]
+        id: u64,
+        /// Directory with ca.pem and client-ID.pem/.key.
+        #[arg(long)]
+        certs: PathBuf,
+    },
+    /// Certificate tooling.
+    Certs {
+        #[command(subcommand)]
+        cmd: CertsCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertsCmd {
+    /// Create (or reuse) the cluster CA in DIR and issue server and client certificates.
+    Init {
+        /// Output directory (never commit it).
+        #[arg(long, default_value = "certs/out")]
+        dir: PathBuf,
+        /// Server ids, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "0,1,2")]
+        servers: Vec<u64>,
+        /// Client ids, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        clients: Vec<u64>,
+    },
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MESHKV_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn material(dir: &std::path::Path, who: Identity) -> Result<TlsMaterial, String> {
+    let (ca, cert, key) = pki::cert_paths(dir, who);
+    TlsMaterial::load(&ca, &cert, &key, who).map_err(|e| e.to_string())
+}
+
+async fn run(cli: Cli) -> Result<(), String> {
+    match cli.cmd {
+        Cmd::Server {
+            id,
+            data,
+            certs,
+            listen,
+        } => {
+            let tls = material(&certs, Identity::server(id))?;
+            let opts = ServerOpts::new(id, data, listen, tls);
+            let server = Server::start(opts).await.map_err(|e| e.to_string())?;
+            meshkv_node::control::run_server(server, None).await;
+            Ok(())
+        }
+        Cmd::Client { id, certs } => {
+            let tls = material(&certs, Identity::client(id))?;
+            let client = Client::new(&tls, &NetTuning::default()).map_err(|e| e.to_string())?;
+            meshkv_node::control::run_client(client).await;
+            Ok(())
+        }
+        Cmd::Certs {
+            cmd:
+                CertsCmd::Init {
+                    dir,
+                    servers,
+                    clients,
+                },
+        } => {
+            let mut who: Vec<Identity> = servers.into_iter().map(Identity::server).collect();
+            who.extend(clients.into_iter().map(Identity::client));
+            pki::write_cluster_certs(&dir, &who).map_err(|e| e.to_string())?;
+            eprintln!(
+                "wrote the CA and {} certificates to {}",
+                who.len(),
+                dir.display()
+            );
+            Ok(())
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("meshkv: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let r = rt.block_on(run(cli));
+    rt.shutdown_timeout(std::time::Duration::from_millis(200));
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("meshkv: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

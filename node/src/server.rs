@@ -1,0 +1,1086 @@
+//! The server process: a thin adapter around [`meshkv_core::Replica`].
+//!
+//! * **Commit loop** (one OS thread): takes every queued [`Op`] at once, stages it on
+//!   the replica, persists the batch with one fsync ([`Storage::persist`]), commits it
+//!   in memory, answers the waiting writers and hands the resulting pushes to the peer
+//!   writers. Concurrent writers therefore share fsyncs (group commit), and nothing is
+//!   visible to readers or peers before it is durable. A failed fsync stops the process
+//!   (the only safe answer, as in etcd and PostgreSQL).
+//! * **Peers**: one QUIC connection per pair of servers; the lower id dials, the higher
+//!   accepts (a new connection from a peer replaces an old one). Per connection: one
+//!   ordered uni stream each way for pushes and link announcements, bi streams for
+//!   anti-entropy requests, and named background tasks (`push-writer`, `push-reader`,
+//!   `peer-requests`, `anti-entropy`) whose counters show in [`Server::status`].
+//!   A blocked peer (the master's `breakConnection`) is disconnected and refused until
+//!   unblocked: no traffic at all flows between the two.
+//! * **Clients** connect with client certificates from the same CA and send one bi
+//!   stream per request.
+
+use crate::frame::{self, FrameError};
+use crate::net::{self, NetTuning};
+use crate::pki::{self, Identity, Role, TlsMaterial};
+use crate::storage::{Storage, StorageError, StorageStats};
+use bytes::Bytes;
+use meshkv_core::digest;
+use meshkv_core::proto::{self, ClientReq, ClientResp, PeerMsg, PeerReq, PeerResp};
+use meshkv_core::replica::{SyncNext, SyncResp};
+use meshkv_core::{Limits, NodeId, Op, Outcome, ReadOutcome, Relay, Replica, VersionVector};
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+use tokio::sync::{mpsc, oneshot, Notify};
+
+/// How a server is set up.
+#[derive(Clone, Debug)]
+pub struct ServerOpts {
+    /// This server's id.
+    pub id: NodeId,
+    /// Where its sled store lives.
+    pub data_dir: PathBuf,
+    /// The QUIC listen address (port 0: the OS picks).
+    pub listen: SocketAddr,
+    /// Certificates.
+    pub tls: TlsMaterial,
+    /// sled cache size in bytes.
+    pub cache_bytes: u64,
+    /// Replica limits.
+    pub limits: Limits,
+    /// QUIC keep-alive and idle timeout.
+    pub tuning: NetTuning,
+    /// Period of anti-entropy per peer.
+    pub sync_interval: Duration,
+    /// Period of log and tombstone trimming.
+    pub trim_interval: Duration,
+    /// Largest key accepted from clients.
+    pub max_key: usize,
+    /// Largest value accepted from clients.
+    pub max_value: usize,
+}
+
+impl ServerOpts {
+    /// Defaults for everything but identity, storage, address and certificates.
+    pub fn new(id: NodeId, data_dir: PathBuf, listen: SocketAddr, tls: TlsMaterial) -> Self {
+        ServerOpts {
+            id,
+            data_dir,
+            listen,
+            tls,
+            cache_bytes: 64 << 20,
+            limits: Limits::default(),
+            tuning: NetTuning::default(),
+            sync_interval: Duration::from_millis(500),
+            trim_interval: Duration::from_secs(2),
+            max_key: 1024,
+            max_value: 1 << 20,
+        }
+    }
+}
+
+/// Why a server could not start or serve.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The data directory could not be used.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// The QUIC endpoint could not be set up.
+    #[error(transparent)]
+    Net(#[from] net::NetError),
+    /// The commit loop is gone (the server is shutting down).
+    #[error("server is shutting down")]
+    Stopped,
+    /// A write could not be made durable.
+    #[error("write failed: {0}")]
+    Write(String),
+    /// A request was refused.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+struct CommitJob {
+    ops: Vec<Op>,
+    reply: Option<oneshot::Sender<Vec<Outcome>>>,
+}
+
+/// Per-peer counters, shown in status.
+#[derive(Default)]
+struct PeerStats {
+    pushes_sent: AtomicU64,
+    pushes_received: AtomicU64,
+    bytes_sent: AtomicU64,
+    bytes_received: AtomicU64,
+    sync_rounds: AtomicU64,
+    catchup_keys_received: AtomicU64,
+    catchup_bytes_received: AtomicU64,
+    catchup_keys_sent: AtomicU64,
+    catchup_bytes_sent: AtomicU64,
+    walks: AtomicU64,
+    last_sync_ok_ms: AtomicU64,
+    connects: AtomicU64,
+}
+
+#[derive(Default)]
+struct PeerSlot {
+    addr: Option<SocketAddr>,
+    blocked: bool,
+    conn: Option<(u64, quinn::Connection)>,
+    tx: Option<mpsc::UnboundedSender<Bytes>>,
+    dialer: bool,
+    stats: Arc<PeerStats>,
+    changed: Arc<Notify>,
+}
+
+struct Shared {
+    id: NodeId,
+    opts: ServerOpts,
+    replica: Mutex<Replica>,
+    commit_tx: mpsc::Sender<CommitJob>,
+    endpoint: quinn::Endpoint,
+    peers: Mutex<HashMap<NodeId, PeerSlot>>,
+    next_gen: AtomicU64,
+    storage_stats: Mutex<StorageStats>,
+    commits: tokio::sync::watch::Sender<u64>,
+    started: Instant,
+    client_puts: AtomicU64,
+    client_gets: AtomicU64,
+}
+
+/// A running server.
+#[derive(Clone)]
+pub struct Server {
+    sh: Arc<Shared>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding a lock is a bug; the data behind it is still consistent
+    // enough to keep answering (every mutation is a single assignment).
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Server {
+    /// Open the store, bind the endpoint and start every background task.
+    pub async fn start(opts: ServerOpts) -> Result<Server, ServerError> {
+        let (storage, replica) = Storage::open(
+            &opts.data_dir,
+            opts.id,
+            opts.cache_bytes,
+            opts.limits.clone(),
+        )?;
+        let endpoint = net::server_endpoint(opts.listen, &opts.tls, &opts.tuning)?;
+        let (commit_tx, commit_rx) = mpsc::channel(16_384);
+        let (commits, _) = tokio::sync::watch::channel(0u64);
+        let sh = Arc::new(Shared {
+            id: opts.id,
+            opts: opts.clone(),
+            storage_stats: Mutex::new(storage.stats()),
+            replica: Mutex::new(replica),
+            commit_tx,
+            endpoint,
+            peers: Mutex::new(HashMap::new()),
+            next_gen: AtomicU64::new(1),
+            commits,
+            started: Instant::now(),
+            client_puts: AtomicU64::new(0),
+            client_gets: AtomicU64::new(0),
+        });
+        {
+            let sh = sh.clone();
+            let rt = tokio::runtime::Handle::current();
+            std::thread::Builder::new()
+                .name("commit".into())
+                .spawn(move || {
+                    let _g = rt.enter();
+                    commit_loop(sh, storage, commit_rx)
+                })
+                .map_err(|e| ServerError::Write(format!("cannot start commit thread: {e}")))?;
+        }
+        tokio::spawn(sh.clone().accept_loop());
+        tokio::spawn(sh.clone().trim_loop());
+        Ok(Server { sh })
+    }
+
+    /// The server's id.
+    pub fn id(&self) -> NodeId {
+        self.sh.id
+    }
+
+    /// The bound QUIC address.
+    pub fn quic_addr(&self) -> Option<SocketAddr> {
+        self.sh.endpoint.local_addr().ok()
+    }
+
+    /// `id` is a member at `addr` and the link is allowed; dial it if we are the dialer.
+    pub fn set_peer(&self, id: NodeId, addr: Option<SocketAddr>) {
+        self.sh.set_peer(id, addr)
+    }
+
+    /// Cut the link to `id` and refuse it until [`Server::set_peer`].
+    pub fn block(&self, id: NodeId) {
+        self.sh.block(id)
+    }
+
+    /// Wait until the link to `id` is up, at most `wait`. True when up.
+    pub async fn wait_link(&self, id: NodeId, wait: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let notify = {
+                let peers = lock(&self.sh.peers);
+                match peers.get(&id) {
+                    Some(p) if p.conn.is_some() => return true,
+                    Some(p) => p.changed.clone(),
+                    None => return false,
+                }
+            };
+            let fut = notify.notified();
+            // Re-check after registering interest so no wake-up is missed.
+            if lock(&self.sh.peers)
+                .get(&id)
+                .is_some_and(|p| p.conn.is_some())
+            {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, fut).await.is_err() {
+                return false;
+            }
+        }
+    }
+
+    /// Write through this server (value `None` deletes); resolves once durable.
+    pub async fn put(
+        &self,
+        key: Vec<u8>,
+        value: Option<Vec<u8>>,
+        seen_ts: u64,
+    ) -> Result<Outcome, ServerError> {
+        self.check_key(&key)?;
+        if let Some(v) = &value {
+            if v.len() > self.sh.opts.max_value {
+                return Err(ServerError::Invalid(format!(
+                    "value of {} bytes exceeds the {}-byte limit",
+                    v.len(),
+                    self.sh.opts.max_value
+                )));
+            }
+        }
+        self.sh.client_puts.fetch_add(1, Relaxed);
+        let mut out = self
+            .sh
+            .commit(vec![Op::Put {
+                key,
+                value,
+                seen_ts,
+            }])
+            .await?;
+        out.pop().ok_or(ServerError::Stopped)
+    }
+
+    /// Read with the session check.
+    pub fn get(
+        &self,
+        key: &[u8],
+        dep: Option<meshkv_core::Dot>,
+        seen_ts: u64,
+    ) -> Result<ReadOutcome, ServerError> {
+        self.check_key(key)?;
+        self.sh.client_gets.fetch_add(1, Relaxed);
+        Ok(lock(&self.sh.replica).read(key, dep, seen_ts))
+    }
+
+    fn check_key(&self, key: &[u8]) -> Result<(), ServerError> {
+        if key.is_empty() {
+            return Err(ServerError::Invalid("empty key".into()));
+        }
+        if key.len() > self.sh.opts.max_key {
+            return Err(ServerError::Invalid(format!(
+                "key of {} bytes exceeds the {}-byte limit",
+                key.len(),
+                self.sh.opts.max_key
+            )));
+        }
+        Ok(())
+    }
+
+    /// Wait until a commit happens or `wait` passes.
+    pub async fn wait_commit(&self, wait: Duration) {
+        let mut rx = self.sh.commits.subscribe();
+        let _ = tokio::time::timeout(wait, rx.changed()).await;
+    }
+
+    /// Digest root, number of keys, watermarks.
+    pub fn digest(&self) -> (u64, usize, VersionVector) {
+        let r = lock(&self.sh.replica);
+        (r.root(), r.len(), r.seen().clone())
+    }
+
+    /// Every live `(key, value)` in key order.
+    pub fn dump(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
+        lock(&self.sh.replica).dump()
+    }
+
+    /// Status of the server and its background tasks.
+    pub fn status(&self) -> Status {
+        self.sh.status()
+    }
+
+    /// Close every connection (for a clean exit).
+    pub fn shutdown(&self) {
+        self.sh.endpoint.close(0u32.into(), b"shutdown");
+    }
+}
+
+/// A snapshot of a server's state for `status` and metrics.
+#[derive(Clone, Debug, Serialize)]
+pub struct Status {
+    /// Server id.
+    pub node: NodeId,
+    /// QUIC address.
+    pub quic: Option<String>,
+    /// Seconds since start.
+    pub uptime_s: f64,
+    /// Number of keys (tombstones included).
+    pub keys: usize,
+    /// Tombstones held.
+    pub tombstones: usize,
+    /// Digest root (hex).
+    pub digest_root: String,
+    /// Watermarks.
+    pub seen: BTreeMap<NodeId, u64>,
+    /// Log floor.
+    pub floor: BTreeMap<NodeId, u64>,
+    /// Log records held.
+    pub log_records: usize,
+    /// Client puts and gets served.
+    pub client_puts: u64,
+    /// Client gets served.
+    pub client_gets: u64,
+    /// Storage counters.
+    pub storage: StorageStats,
+    /// Per peer.
+    pub peers: Vec<PeerStatus>,
+}
+
+/// One peer in [`Status`].
+#[derive(Clone, Debug, Serialize)]
+pub struct PeerStatus {
+    /// Peer id.
+    pub id: NodeId,
+    /// Its address as we know it.
+    pub addr: Option<String>,
+    /// `up`, `down` or `blocked`.
+    pub link: &'static str,
+    /// Its watermarks as last reported.
+    pub seen: Option<BTreeMap<NodeId, u64>>,
+    /// How far its watermarks lag ours (writes), when known.
+    pub lag: Option<u64>,
+    /// Pushes sent to it.
+    pub pushes_sent: u64,
+    /// Pushes received from it.
+    pub pushes_received: u64,
+    /// Bytes sent to it on all streams.
+    pub bytes_sent: u64,
+    /// Bytes received from it on all streams.
+    pub bytes_received: u64,
+    /// Anti-entropy rounds completed with it.
+    pub sync_rounds: u64,
+    /// Tree walks run against it.
+    pub walks: u64,
+    /// Keys received through catch-up (sync answers and walks).
+    pub catchup_keys_received: u64,
+    /// Bytes received through catch-up.
+    pub catchup_bytes_received: u64,
+    /// Keys sent through catch-up.
+    pub catchup_keys_sent: u64,
+    /// Bytes sent through catch-up.
+    pub catchup_bytes_sent: u64,
+    /// Unix ms of the last successful anti-entropy round (0: never).
+    pub last_sync_ok_ms: u64,
+    /// Connections established.
+    pub connects: u64,
+}
+
+fn vv_map(v: &VersionVector) -> BTreeMap<NodeId, u64> {
+    v.iter().collect()
+}
+
+fn commit_loop(sh: Arc<Shared>, mut storage: Storage, mut rx: mpsc::Receiver<CommitJob>) {
+    let mut n = 0u64;
+    while let Some(first) = rx.blocking_recv() {
+        let mut jobs = vec![first];
+        while jobs.len() < 8192 {
+            match rx.try_recv() {
+                Ok(j) => jobs.push(j),
+                Err(_) => break,
+            }
+        }
+        let mut counts = Vec::with_capacity(jobs.len());
+        let mut ops = Vec::new();
+        for j in &mut jobs {
+            counts.push(j.ops.len());
+            ops.append(&mut j.ops);
+        }
+        let mut st = lock(&sh.replica).stage(ops, meshkv_core::hlc::wall_micros());
+        // Persist is a no-op for a batch that changes nothing.
+        if let Err(e) = storage.persist(&st) {
+            tracing::error!("cannot make a batch durable, stopping: {e}");
+            eprintln!("meshkv server {}: fatal storage error: {e}", sh.id);
+            std::process::exit(70);
+        }
+        *lock(&sh.storage_stats) = storage.stats();
+        let outcomes = std::mem::take(&mut st.outcomes);
+        let relays = lock(&sh.replica).commit(st);
+        let mut it = outcomes.into_iter();
+        for (job, c) in jobs.into_iter().zip(counts) {
+            let mine: Vec<Outcome> = it.by_ref().take(c).collect();
+            if let Some(r) = job.reply {
+                let _ = r.send(mine);
+            }
+        }
+        sh.dispatch(relays);
+        n += 1;
+        sh.commits.send_replace(n);
+    }
+}
+
+impl Shared {
+    async fn commit(&self, ops: Vec<Op>) -> Result<Vec<Outcome>, ServerError> {
+        let (tx, rx) = oneshot::channel();
+        self.commit_tx
+            .send(CommitJob {
+                ops,
+                reply: Some(tx),
+            })
+            .await
+            .map_err(|_| ServerError::Stopped)?;
+        rx.await.map_err(|_| ServerError::Stopped)
+    }
+
+    async fn commit_nowait(&self, ops: Vec<Op>) -> Result<(), ServerError> {
+        self.commit_tx
+            .send(CommitJob { ops, reply: None })
+            .await
+            .map_err(|_| ServerError::Stopped)
+    }
+
+    fn dispatch(&self, relays: Vec<Relay>) {
+        if relays.is_empty() {
+            return;
+        }
+        let peers = lock(&self.peers);
+        for r in relays {
+            let frame = Bytes::from(proto::encode(&PeerMsg::Push {
+                key: r.key,
+                entry: r.entry,
+                dots: r.dots,
+            }));
+            for t in r.targets {
+                if let Some(p) = peers.get(&t) {
+                    if let Some(tx) = &p.tx {
+                        if tx.send(frame.clone()).is_ok() {
+                            p.stats.pushes_sent.fetch_add(1, Relaxed);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn send_to(&self, id: NodeId, msg: &PeerMsg) -> bool {
+        let frame = Bytes::from(proto::encode(msg));
+        let peers = lock(&self.peers);
+        peers
+            .get(&id)
+            .and_then(|p| p.tx.as_ref())
+            .is_some_and(|tx| tx.send(frame).is_ok())
+    }
+
+    fn broadcast_links(&self) {
+        let links = lock(&self.replica).connected();
+        let frame = Bytes::from(proto::encode(&PeerMsg::Links(links)));
+        for p in lock(&self.peers).values() {
+            if let Some(tx) = &p.tx {
+                let _ = tx.send(frame.clone());
+            }
+        }
+    }
+
+    fn set_peer(self: &Arc<Self>, id: NodeId, addr: Option<SocketAddr>) {
+        if id == self.id {
+            return;
+        }
+        lock(&self.replica).add_member(id);
+        let start_dialer = {
+            let mut peers = lock(&self.peers);
+            let p = peers.entry(id).or_default();
+            if addr.is_some() {
+                p.addr = addr;
+            }
+            p.blocked = false;
+            p.changed.notify_waiters();
+            let start = self.id < id && !p.dialer;
+            if start {
+                p.dialer = true;
+            }
+            start
+        };
+        if start_dialer {
+            tokio::spawn(self.clone().dialer(id));
+        }
+    }
+
+    fn block(self: &Arc<Self>, id: NodeId) {
+        let conn = {
+            let mut peers = lock(&self.peers);
+            let p = peers.entry(id).or_default();
+            p.blocked = true;
+            p.tx = None;
+            p.changed.notify_waiters();
+            p.conn.take()
+        };
+        if let Some((_, c)) = conn {
+            c.close(1u32.into(), b"blocked");
+        }
+        lock(&self.replica).set_connected(id, false);
+        self.broadcast_links();
+    }
+
+    async fn dialer(self: Arc<Self>, id: NodeId) {
+        let mut backoff = Duration::from_millis(20);
+        loop {
+            let (addr, blocked, conn, changed) = {
+                let peers = lock(&self.peers);
+                let Some(p) = peers.get(&id) else { return };
+                (
+                    p.addr,
+                    p.blocked,
+                    p.conn.as_ref().map(|c| c.1.clone()),
+                    p.changed.clone(),
+                )
+            };
+            let notified = changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(c) = conn {
+                tokio::select! {
+                    _ = c.closed() => {}
+                    _ = &mut notified => {}
+                }
+                backoff = Duration::from_millis(20);
+                continue;
+            }
+            let Some(addr) = addr.filter(|_| !blocked) else {
+                notified.await;
+                continue;
+            };
+            match net::connect(
+                &self.endpoint,
+                addr,
+                Identity::server(id),
+                Duration::from_secs(2),
+            )
+            .await
+            {
+                Ok(c) => {
+                    backoff = Duration::from_millis(20);
+                    self.install(id, c);
+                }
+                Err(e) => {
+                    tracing::debug!("dial server {id} at {addr}: {e}");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = &mut notified => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_millis(500));
+                }
+            }
+        }
+    }
+
+    async fn accept_loop(self: Arc<Self>) {
+        while let Some(incoming) = self.endpoint.accept().await {
+            let sh = self.clone();
+            tokio::spawn(async move {
+                let conn = match incoming.await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::debug!("handshake failed: {e}");
+                        return;
+                    }
+                };
+                match pki::peer_identity(&conn) {
+                    Ok(Identity {
+                        role: Role::Server,
+                        id,
+                    }) if id != sh.id => sh.install(id, conn),
+                    Ok(Identity {
+                        role: Role::Client, ..
+                    }) => sh.serve_client(conn).await,
+                    Ok(who) => conn.close(2u32.into(), format!("unexpected {who}").as_bytes()),
+                    Err(e) => conn.close(2u32.into(), e.to_string().as_bytes()),
+                }
+            });
+        }
+    }
+
+    fn install(self: &Arc<Self>, id: NodeId, conn: quinn::Connection) {
+        let gen = self.next_gen.fetch_add(1, Relaxed);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (old, stats) = {
+            let mut peers = lock(&self.peers);
+            let p = peers.entry(id).or_default();
+            if p.blocked {
+                drop(peers);
+                conn.close(1u32.into(), b"blocked");
+                return;
+            }
+            let old = p.conn.replace((gen, conn.clone()));
+            p.tx = Some(tx);
+            p.stats.connects.fetch_add(1, Relaxed);
+            p.changed.notify_waiters();
+            (old, p.stats.clone())
+        };
+        if let Some((_, c)) = old {
+            c.close(3u32.into(), b"replaced");
+        }
+        {
+            let mut r = lock(&self.replica);
+            r.add_member(id);
+            r.set_connected(id, true);
+        }
+        tracing::info!("server {}: link to server {id} up", self.id);
+        tokio::spawn(push_writer(conn.clone(), rx, stats.clone()));
+        tokio::spawn(self.clone().push_reader(conn.clone(), id, stats.clone()));
+        tokio::spawn(self.clone().peer_requests(conn.clone(), id, stats.clone()));
+        tokio::spawn(self.clone().anti_entropy(conn.clone(), id, gen, stats));
+        let sh = self.clone();
+        tokio::spawn(async move {
+            let why = conn.closed().await;
+            let mine = {
+                let mut peers = lock(&sh.peers);
+                match peers.get_mut(&id) {
+                    Some(p) if p.conn.as_ref().is_some_and(|c| c.0 == gen) => {
+                        p.conn = None;
+                        p.tx = None;
+                        p.changed.notify_waiters();
+                        true
+                    }
+                    _ => false,
+                }
+            };
+            if mine {
+                tracing::info!("server {}: link to server {id} down: {why}", sh.id);
+                lock(&sh.replica).set_connected(id, false);
+                sh.broadcast_links();
+            }
+        });
+        self.broadcast_links();
+    }
+
+    async fn push_reader(self: Arc<Self>, conn: quinn::Connection, id: NodeId, st: Arc<PeerStats>) {
+        while let Ok(mut recv) = conn.accept_uni().await {
+            loop {
+                match frame::read_frame::<PeerMsg>(&mut recv).await {
+                    Ok(Some((msg, n))) => {
+                        st.bytes_received.fetch_add(n as u64, Relaxed);
+                        match msg {
+                            PeerMsg::Push { key, entry, dots } => {
+                                st.pushes_received.fetch_add(1, Relaxed);
+                                let op = Op::Apply {
+                                    key,
+                                    entry,
+                                    dots,
+                                    from: Some(id),
+                                };
+                                if self.commit_nowait(vec![op]).await.is_err() {
+                                    return;
+                                }
+                            }
+                            PeerMsg::Links(l) => {
+                                lock(&self.replica).set_peer_links(id, l.into_iter().collect());
+                            }
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::warn!("server {}: bad push stream from {id}: {e}", self.id);
+                        conn.close(4u32.into(), b"bad frame");
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn peer_requests(
+        self: Arc<Self>,
+        conn: quinn::Connection,
+        id: NodeId,
+        st: Arc<PeerStats>,
+    ) {
+        while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+            let sh = self.clone();
+            let st = st.clone();
+            tokio::spawn(async move {
+                let req = match frame::read_frame::<PeerReq>(&mut recv).await {
+                    Ok(Some((r, n))) => {
+                        st.bytes_received.fetch_add(n as u64, Relaxed);
+                        r
+                    }
+                    Ok(None) => return,
+                    Err(e) => {
+                        let _ =
+                            frame::write_frame(&mut send, &PeerResp::Error(e.to_string())).await;
+                        let _ = send.finish();
+                        return;
+                    }
+                };
+                let resp = sh.answer(id, req, &st);
+                if let Ok(n) = frame::write_frame(&mut send, &resp).await {
+                    st.bytes_sent.fetch_add(n as u64, Relaxed);
+                    if matches!(resp, PeerResp::Sync(_) | PeerResp::Fetch(_)) {
+                        st.catchup_bytes_sent.fetch_add(n as u64, Relaxed);
+                    }
+                }
+                let _ = send.finish();
+            });
+        }
+    }
+
+    fn answer(&self, id: NodeId, req: PeerReq, st: &PeerStats) -> PeerResp {
+        let mut r = lock(&self.replica);
+        match req {
+            PeerReq::Sync(q) => {
+                let resp = r.answer_sync(id, &q);
+                st.catchup_keys_sent
+                    .fetch_add(resp.items.len() as u64, Relaxed);
+                PeerResp::Sync(resp)
+            }
+            PeerReq::Groups => PeerResp::Groups(r.digest().groups().to_vec()),
+            PeerReq::Buckets(g) => PeerResp::Buckets(r.group_buckets(&g)),
+            PeerReq::Keys(b) => PeerResp::Keys(r.bucket_keys(&b)),
+            PeerReq::Fetch(keys) => {
+                let items = r.entries(&keys);
+                st.catchup_keys_sent.fetch_add(items.len() as u64, Relaxed);
+                PeerResp::Fetch(items)
+            }
+        }
+    }
+
+    async fn ask(
+        &self,
+        conn: &quinn::Connection,
+        req: PeerReq,
+        st: &PeerStats,
+    ) -> Result<PeerResp, FrameError> {
+        let (resp, sent, got): (PeerResp, usize, usize) =
+            frame::request(conn, &req, REQUEST_TIMEOUT).await?;
+        st.bytes_sent.fetch_add(sent as u64, Relaxed);
+        st.bytes_received.fetch_add(got as u64, Relaxed);
+        if matches!(resp, PeerResp::Sync(_) | PeerResp::Fetch(_)) {
+            st.catchup_bytes_received.fetch_add(got as u64, Relaxed);
+        }
+        Ok(resp)
+    }
+
+    async fn anti_entropy(
+        self: Arc<Self>,
+        conn: quinn::Connection,
+        id: NodeId,
+        gen: u64,
+        st: Arc<PeerStats>,
+    ) {
+        let mut tick = tokio::time::interval(self.opts.sync_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = conn.closed() => return,
+            }
+            let current = lock(&self.peers)
+                .get(&id)
+                .and_then(|p| p.conn.as_ref().map(|c| c.0))
+                == Some(gen);
+            if !current {
+                return;
+            }
+            match self.sync_round(&conn, id, &st).await {
+                Ok(()) => {
+                    st.sync_rounds.fetch_add(1, Relaxed);
+                    st.last_sync_ok_ms.store(now_ms(), Relaxed);
+                }
+                Err(e) => tracing::debug!("server {}: sync with {id}: {e}", self.id),
+            }
+        }
+    }
+
+    async fn sync_round(
+        &self,
+        conn: &quinn::Connection,
+        id: NodeId,
+        st: &PeerStats,
+    ) -> Result<(), String> {
+        for _ in 0..100_000 {
+            let req = lock(&self.replica).sync_request();
+            let resp: SyncResp = match self.ask(conn, PeerReq::Sync(req), st).await {
+                Ok(PeerResp::Sync(r)) => r,
+                Ok(other) => return Err(format!("unexpected answer {other:?}")),
+                Err(e) => return Err(e.to_string()),
+            };
+            let ops = lock(&self.replica).sync_ops(id, &resp);
+            st.catchup_keys_received
+                .fetch_add(ops.len() as u64, Relaxed);
+            if !ops.is_empty() {
+                self.commit(ops).await.map_err(|e| e.to_string())?;
+            }
+            let next = lock(&self.replica).sync_next(&resp);
+            match next {
+                SyncNext::Done => return Ok(()),
+                SyncNext::Again => continue,
+                SyncNext::Walk => return self.walk(conn, id, resp.seen, st).await,
+            }
+        }
+        Ok(())
+    }
+
+    /// The tree walk against `id` (see `meshkv_core::replica`).
+    async fn walk(
+        &self,
+        conn: &quinn::Connection,
+        id: NodeId,
+        peer_seen: VersionVector,
+        st: &PeerStats,
+    ) -> Result<(), String> {
+        st.walks.fetch_add(1, Relaxed);
+        let theirs = match self.ask(conn, PeerReq::Groups, st).await {
+            Ok(PeerResp::Groups(g)) if g.len() == digest::GROUPS => g,
+            Ok(other) => return Err(format!("unexpected answer {other:?}")),
+            Err(e) => return Err(e.to_string()),
+        };
+        let mine = lock(&self.replica).digest().groups().to_vec();
+        let groups: Vec<u8> = digest::differing(&mine, &theirs)
+            .into_iter()
+            .map(|g| g as u8)
+            .collect();
+        let mut buckets: Vec<u16> = Vec::new();
+        for chunk in groups.chunks(32) {
+            let theirs = match self.ask(conn, PeerReq::Buckets(chunk.to_vec()), st).await {
+                Ok(PeerResp::Buckets(b)) => b,
+                Ok(other) => return Err(format!("unexpected answer {other:?}")),
+                Err(e) => return Err(e.to_string()),
+            };
+            let mine = lock(&self.replica).group_buckets(chunk);
+            for ((g, a), (g2, b)) in mine.iter().zip(theirs.iter()) {
+                if g != g2 || b.len() != digest::BUCKETS_PER_GROUP {
+                    return Err("malformed bucket answer".into());
+                }
+                for i in digest::differing(a, b) {
+                    buckets.push(((*g as u16) << 8) | i as u16);
+                }
+            }
+        }
+        for chunk in buckets.chunks(1024) {
+            let theirs = match self.ask(conn, PeerReq::Keys(chunk.to_vec()), st).await {
+                Ok(PeerResp::Keys(k)) => k,
+                Ok(other) => return Err(format!("unexpected answer {other:?}")),
+                Err(e) => return Err(e.to_string()),
+            };
+            let (fetch, give) = lock(&self.replica).walk_diff(chunk, &theirs);
+            for keys in fetch.chunks(2048) {
+                let items = match self.ask(conn, PeerReq::Fetch(keys.to_vec()), st).await {
+                    Ok(PeerResp::Fetch(i)) => i,
+                    Ok(other) => return Err(format!("unexpected answer {other:?}")),
+                    Err(e) => return Err(e.to_string()),
+                };
+                st.catchup_keys_received
+                    .fetch_add(items.len() as u64, Relaxed);
+                let ops: Vec<Op> = items
+                    .into_iter()
+                    .map(|it| Op::Apply {
+                        key: it.key,
+                        entry: it.entry,
+                        dots: it.dots,
+                        from: Some(id),
+                    })
+                    .collect();
+                self.commit(ops).await.map_err(|e| e.to_string())?;
+            }
+            let gifts = lock(&self.replica).entries(&give);
+            for it in gifts {
+                let msg = PeerMsg::Push {
+                    key: it.key,
+                    entry: it.entry,
+                    dots: Vec::new(),
+                };
+                if self.send_to(id, &msg) {
+                    st.catchup_keys_sent.fetch_add(1, Relaxed);
+                }
+            }
+        }
+        self.commit(vec![Op::Adopt { seen: peer_seen }])
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    async fn trim_loop(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(self.opts.trim_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if self.commit(vec![Op::Trim]).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    async fn serve_client(self: Arc<Self>, conn: quinn::Connection) {
+        let server = Server { sh: self.clone() };
+        while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+            let server = server.clone();
+            tokio::spawn(async move {
+                let resp = match frame::read_frame::<ClientReq>(&mut recv).await {
+                    Ok(Some((req, _))) => server.handle_client(req).await,
+                    Ok(None) => return,
+                    Err(e) => ClientResp::Error(e.to_string()),
+                };
+                let _ = frame::write_frame(&mut send, &resp).await;
+                let _ = send.finish();
+            });
+        }
+    }
+
+    fn status(&self) -> Status {
+        let (keys, tombstones, root, seen, floor, log_records, peer_views) = {
+            let r = lock(&self.replica);
+            (
+                r.len(),
+                r.tombstones(),
+                r.root(),
+                r.seen().clone(),
+                r.floor().clone(),
+                r.log_len(),
+                r.peers().clone(),
+            )
+        };
+        let peers = lock(&self.peers);
+        let mut ids: BTreeSet<NodeId> = peers.keys().copied().collect();
+        ids.extend(peer_views.keys().copied());
+        let peers = ids
+            .into_iter()
+            .map(|id| {
+                let slot = peers.get(&id);
+                let view = peer_views.get(&id);
+                let st = slot.map(|s| s.stats.clone()).unwrap_or_default();
+                let their_seen = view.and_then(|v| v.seen.clone());
+                let lag = their_seen.as_ref().map(|t| {
+                    seen.iter()
+                        .map(|(o, c)| c.saturating_sub(t.get(o)))
+                        .sum::<u64>()
+                });
+                PeerStatus {
+                    id,
+                    addr: slot.and_then(|s| s.addr.map(|a| a.to_string())),
+                    link: match slot {
+                        Some(s) if s.blocked => "blocked",
+                        Some(s) if s.conn.is_some() => "up",
+                        _ => "down",
+                    },
+                    seen: their_seen.as_ref().map(vv_map),
+                    lag,
+                    pushes_sent: st.pushes_sent.load(Relaxed),
+                    pushes_received: st.pushes_received.load(Relaxed),
+                    bytes_sent: st.bytes_sent.load(Relaxed),
+                    bytes_received: st.bytes_received.load(Relaxed),
+                    sync_rounds: st.sync_rounds.load(Relaxed),
+                    walks: st.walks.load(Relaxed),
+                    catchup_keys_received: st.catchup_keys_received.load(Relaxed),
+                    catchup_bytes_received: st.catchup_bytes_received.load(Relaxed),
+                    catchup_keys_sent: st.catchup_keys_sent.load(Relaxed),
+                    catchup_bytes_sent: st.catchup_bytes_sent.load(Relaxed),
+                    last_sync_ok_ms: st.last_sync_ok_ms.load(Relaxed),
+                    connects: st.connects.load(Relaxed),
+                }
+            })
+            .collect();
+        Status {
+            node: self.id,
+            quic: self.endpoint.local_addr().ok().map(|a| a.to_string()),
+            uptime_s: self.started.elapsed().as_secs_f64(),
+            keys,
+            tombstones,
+            digest_root: format!("{root:016x}"),
+            seen: vv_map(&seen),
+            floor: vv_map(&floor),
+            log_records,
+            client_puts: self.client_puts.load(Relaxed),
+            client_gets: self.client_gets.load(Relaxed),
+            storage: lock(&self.storage_stats).clone(),
+            peers,
+        }
+    }
+}
+
+async fn push_writer(
+    conn: quinn::Connection,
+    mut rx: mpsc::UnboundedReceiver<Bytes>,
+    st: Arc<PeerStats>,
+) {
+    let mut send = match conn.open_uni().await {
+        Ok(s) => s,
+        Err(_) => return,
+    };
+    let mut buf: Vec<u8> = Vec::with_capacity(64 << 10);
+    while let Some(first) = rx.recv().await {
+        buf.clear();
+        buf.extend_from_slice(&first);
+        // Coalesce whatever else is queued into one write.
+        while buf.len() < (256 << 10) {
+            match rx.try_recv() {
+                Ok(f) => buf.extend_from_slice(&f),
+                Err(_) => break,
+            }
+        }
+        if frame::write_raw(&mut send, &buf).await.is_err() {
+            return;
+        }
+        st.bytes_sent.fetch_add(buf.len() as u64, Relaxed);
+    }
+    let _ = send.finish();
+}
+
+impl Server {
+    /// Answer one client request.
+    pub async fn handle_client(&self, req: ClientReq) -> ClientResp {
+        match req {
+            ClientReq::Put {
+                key,
+                value,
+                seen_ts,
+            } => match self.put(key, value, seen_ts).await {
+                Ok(Outcome::Put { version, previous }) => ClientResp::Put {
+                    version,
+                    previous: previous.and_then(|p| p.value),
+                },
+                Ok(other) => ClientResp::Error(format!("unexpected outcome {other:?}")),
+                Err(e) => ClientResp::Error(e.to_string()),
+            },
+            ClientReq::Get { key, dep, seen_ts } => match self.get(&key, dep, seen_ts) {
+                Ok(ReadOutcome::Found { value, version }) => ClientResp::Found { value, version },
+                Ok(ReadOutcome::Missing { version }) => ClientResp::Missing { version },
+                Ok(ReadOutcome::Dep) => ClientResp::Dep,
+                Err(e) => ClientResp::Error(e.to_string()),
+            },
+        }
+    }
+}
