@@ -415,6 +415,7 @@ impl Replica {
         let version = Version { ts, dot };
         let ctx = previous.as_ref().map(|p| p.ctx.clone()).unwrap_or_default();
         let entry = Entry::write(value, version, &ctx);
+        st.removes.retain(|k| *k != key);
         st.writes.insert(key.clone(), entry);
         st.log.push((dot, key.clone()));
         st.log_index.insert(dot);
@@ -438,6 +439,7 @@ impl Replica {
             Some(cur) if cur.subsumes(&entry) => false,
             Some(cur) => {
                 let merged = cur.clone().joined(&entry);
+                st.removes.retain(|k| *k != key);
                 st.writes.insert(key.clone(), merged);
                 true
             }

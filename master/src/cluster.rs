@@ -666,6 +666,51 @@ impl Master {
         futures_join_all(stops).await;
     }
 
+    /// The QUIC address of a live server.
+    pub fn server_addr(&self, id: NodeId) -> Option<SocketAddr> {
+        self.servers.get(&id).and_then(|s| s.addr)
+    }
+
+    /// The directory holding the CA and every issued certificate.
+    pub fn certs_dir(&self) -> &Path {
+        &self.certs
+    }
+
+    /// Issue (or re-issue) a certificate for `who` in [`Master::certs_dir`], e.g. for a
+    /// test that acts as a client itself.
+    pub fn issue(&self, who: Identity) -> Result<meshkv_node::pki::TlsMaterial, String> {
+        pki::write_cluster_certs(&self.certs, &[who]).map_err(|e| e.to_string())?;
+        let (ca, cert, key) = pki::cert_paths(&self.certs, who);
+        meshkv_node::pki::TlsMaterial::load(&ca, &cert, &key, who).map_err(|e| e.to_string())
+    }
+
+    /// A live server's status (JSON text, see `meshkv_node::server::Status`).
+    pub async fn status(&mut self, id: NodeId) -> Result<String, String> {
+        match self.server_proc(id)?.call(ControlReq::Status, CALL).await? {
+            ControlResp::Status(s) => Ok(s),
+            other => Err(format!("status {id}: unexpected answer {other:?}")),
+        }
+    }
+
+    /// A live server's digest root, key count and watermarks.
+    pub async fn digest(
+        &mut self,
+        id: NodeId,
+    ) -> Result<(u64, usize, meshkv_core::VersionVector), String> {
+        match self.server_proc(id)?.call(ControlReq::Digest, CALL).await? {
+            ControlResp::Digest { root, keys, seen } => Ok((root, keys, seen)),
+            other => Err(format!("digest {id}: unexpected answer {other:?}")),
+        }
+    }
+
+    /// A live server's live pairs.
+    pub async fn dump(&mut self, id: NodeId) -> Result<Vec<(Vec<u8>, Vec<u8>)>, String> {
+        match self.server_proc(id)?.call(ControlReq::Dump, CALL).await? {
+            ControlResp::Dump { pairs } => Ok(pairs),
+            other => Err(format!("dump {id}: unexpected answer {other:?}")),
+        }
+    }
+
     /// The run directory.
     pub fn run_dir(&self) -> &Path {
         &self.opts.run_dir

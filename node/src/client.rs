@@ -71,6 +71,18 @@ impl Client {
         })
     }
 
+    /// Set the connect and request timeouts (a request that times out falls back to
+    /// the next server).
+    pub fn set_timeouts(&mut self, connect: Duration, request: Duration) {
+        self.connect_timeout = connect;
+        self.request_timeout = request;
+    }
+
+    /// The session (its dependencies).
+    pub fn session(&self) -> &Session {
+        &self.session
+    }
+
     /// Link to `server` as the most recent one.
     pub fn link(&mut self, server: NodeId, addr: SocketAddr) {
         self.links.retain(|l| l.server != server);

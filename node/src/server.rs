@@ -146,6 +146,9 @@ struct Shared {
     started: Instant,
     client_puts: AtomicU64,
     client_gets: AtomicU64,
+    /// One anti-entropy round at a time: a rejoining server pulls what it missed from
+    /// one peer, and the rounds with the others then find nothing left to send.
+    sync_lock: tokio::sync::Mutex<()>,
 }
 
 /// A running server.
@@ -194,6 +197,7 @@ impl Server {
             started: Instant::now(),
             client_puts: AtomicU64::new(0),
             client_gets: AtomicU64::new(0),
+            sync_lock: tokio::sync::Mutex::new(()),
         });
         {
             let sh = sh.clone();
@@ -830,6 +834,7 @@ impl Shared {
         id: NodeId,
         st: &PeerStats,
     ) -> Result<(), String> {
+        let _one_at_a_time = self.sync_lock.lock().await;
         for _ in 0..100_000 {
             let req = lock(&self.replica).sync_request();
             let resp: SyncResp = match self.ask(conn, PeerReq::Sync(req), st).await {

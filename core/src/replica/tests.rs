@@ -198,6 +198,35 @@ fn tombstones_are_dropped_only_when_everyone_holds_them_and_never_resurrect() {
     assert_eq!(st.outcomes.remove(0), Outcome::Applied { changed: false });
 }
 
+#[test]
+fn a_put_after_a_trim_in_the_same_batch_is_not_lost() {
+    let mut r = Replica::new(0, Limits::default());
+    let mut st = r.stage(
+        vec![Op::Put {
+            key: b"k".to_vec(),
+            value: None,
+            seen_ts: 0,
+        }],
+        10,
+    );
+    r.commit(std::mem::take(&mut st));
+    // No other member: the tombstone may be dropped, but a put follows in the batch.
+    let st = r.stage(
+        vec![
+            Op::Trim,
+            Op::Put {
+                key: b"k".to_vec(),
+                value: Some(b"back".to_vec()),
+                seen_ts: 0,
+            },
+        ],
+        20,
+    );
+    assert!(st.removes.is_empty());
+    r.commit(st);
+    assert!(matches!(r.read(b"k", None, 0), ReadOutcome::Found { value, .. } if value == b"back"));
+}
+
 #[derive(Clone, Debug)]
 enum Step {
     Put { client: usize, server: u64, key: u8 },

@@ -1,0 +1,475 @@
+//! Integration tests of the durable store: round trips, the restart rule, syncing,
+//! refusals and a kill -9 crash test.
+
+use meshkv_node::meshkv_core::entry::Entry;
+use meshkv_node::meshkv_core::replica::{Limits, Op, Replica, Staged};
+use meshkv_node::meshkv_core::version::{Dot, Version};
+use meshkv_node::storage::{Storage, StorageError, Syncer};
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+const CACHE: u64 = 4 << 20;
+
+fn open(dir: &Path, id: u64) -> (Storage, Replica) {
+    Storage::open(dir, id, CACHE, Limits::default()).expect("open storage")
+}
+
+fn put(key: &str, value: &str) -> Op {
+    Op::Put {
+        key: key.as_bytes().to_vec(),
+        value: Some(value.as_bytes().to_vec()),
+        seen_ts: 0,
+    }
+}
+
+fn delete(key: &str) -> Op {
+    Op::Put {
+        key: key.as_bytes().to_vec(),
+        value: None,
+        seen_ts: 0,
+    }
+}
+
+/// Stage, persist and commit one batch.
+fn apply(s: &mut Storage, r: &mut Replica, ops: Vec<Op>, wall: u64) -> Staged {
+    let st = r.stage(ops, wall);
+    s.persist(&st).expect("persist");
+    r.commit(st.clone());
+    st
+}
+
+/// Every file under `dir` with its contents (directories as `None`).
+fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Option<Vec<u8>>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for ent in std::fs::read_dir(&d).unwrap() {
+            let p = ent.unwrap().path();
+            let rel = p.strip_prefix(dir).unwrap().to_path_buf();
+            if p.is_dir() {
+                out.insert(rel, None);
+                stack.push(p);
+            } else {
+                out.insert(rel, Some(std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn round_trip_keeps_state_and_never_reuses_a_dot() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("store");
+    let (before, last_ts) = {
+        let (mut s, mut r) = open(&dir, 3);
+        assert!(r.is_empty());
+        apply(&mut s, &mut r, vec![put("a", "1"), put("b", "2")], 1_000);
+        apply(&mut s, &mut r, vec![put("c", "3"), put("a", "4")], 2_000);
+        apply(&mut s, &mut r, vec![delete("b")], 3_000);
+        let stats = s.stats();
+        assert_eq!(stats.batches, 3);
+        assert!(stats.bytes_written > 0);
+        let last_ts = r.entry(b"b").unwrap().version.ts;
+        (r, last_ts)
+    };
+    assert_eq!(before.meta().counter, 5);
+
+    let (mut s, mut r) = open(&dir, 3);
+    assert_eq!(s.dir(), dir.as_path());
+    assert_eq!(r.dump(), before.dump());
+    assert_eq!(
+        r.dump(),
+        vec![
+            (b"a".to_vec(), b"4".to_vec()),
+            (b"c".to_vec(), b"3".to_vec())
+        ]
+    );
+    assert_eq!(r.len(), 3, "the tombstone of b is kept");
+    assert_eq!(r.root(), before.root());
+    assert_eq!(r.seen(), before.seen());
+    assert_eq!(r.meta(), before.meta());
+    assert_eq!(r.log_len(), 5);
+
+    // The next write after the restart: the next dot, and a later timestamp even though
+    // the wall clock is now far behind.
+    let st = apply(&mut s, &mut r, vec![put("d", "5")], 10);
+    let v = st.writes[b"d".as_slice()].version;
+    assert_eq!(v.dot, Dot::new(3, 6));
+    assert!(v.ts > last_ts, "{} > {}", v.ts, last_ts);
+    assert_eq!(st.meta.counter, 6);
+}
+
+/// A syncer that counts its calls.
+struct Recorder {
+    calls: Arc<AtomicUsize>,
+}
+
+impl Syncer for Recorder {
+    fn sync(&mut self) -> std::io::Result<()> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+#[test]
+fn persist_syncs_once_per_non_empty_batch_before_returning() {
+    let t = tempfile::tempdir().unwrap();
+    let (s, mut r) = open(t.path(), 1);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let mut s = s.with_syncer(Box::new(Recorder {
+        calls: calls.clone(),
+    }));
+
+    let st = r.stage(vec![put("a", "1"), put("b", "2")], 100);
+    s.persist(&st).unwrap();
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "synced before persist returned"
+    );
+    r.commit(st);
+
+    let st = r.stage(vec![put("c", "3")], 200);
+    s.persist(&st).unwrap();
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    r.commit(st);
+
+    // Nothing to write and nothing changed: no sync.
+    let st = r.stage(vec![], 300);
+    assert!(st.is_empty());
+    s.persist(&st).unwrap();
+    // A member that never reported its watermarks blocks trimming: nothing to do.
+    r.add_member(2);
+    let st = r.stage(vec![Op::Trim], 300);
+    assert!(st.is_empty());
+    s.persist(&st).unwrap();
+    assert_eq!(calls.load(Ordering::SeqCst), 2, "empty batches do not sync");
+    r.commit(st);
+
+    // Only the metadata changed (adopted watermarks): written and synced.
+    let seen = [(9, 4)].into_iter().collect();
+    let st = r.stage(vec![Op::Adopt { seen }], 400);
+    assert!(st.is_empty());
+    s.persist(&st).unwrap();
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    r.commit(st);
+
+    let stats = s.stats();
+    assert_eq!(stats.batches, 3);
+    assert_eq!(stats.fsyncs, 3);
+    drop(s);
+    let (_, r2) = open(t.path(), 1);
+    assert_eq!(r2.seen().get(9), 4);
+    assert_eq!(r2.floor().get(9), 4);
+}
+
+#[test]
+fn real_syncer_handles_large_values() {
+    // Values over sled's blob threshold (~128 KiB) go to `blobs/`, which sled never
+    // fsyncs itself.
+    let t = tempfile::tempdir().unwrap();
+    let big = "x".repeat(300 * 1024);
+    {
+        let (mut s, mut r) = open(t.path(), 1);
+        apply(&mut s, &mut r, vec![put("big", &big), put("small", "s")], 1);
+        assert_eq!(s.stats().fsyncs, 1);
+        let blobs = std::fs::read_dir(t.path().join("blobs")).unwrap().count();
+        assert!(blobs > 0, "the big value went to a blob file");
+    }
+    let (_, r) = open(t.path(), 1);
+    assert_eq!(r.dump()[0], (b"big".to_vec(), big.into_bytes()));
+}
+
+fn open_err(dir: &Path, id: u64) -> StorageError {
+    match Storage::open(dir, id, CACHE, Limits::default()) {
+        Ok(_) => panic!("open of {} should have been refused", dir.display()),
+        Err(e) => e,
+    }
+}
+
+#[test]
+fn another_servers_store_is_refused_untouched() {
+    let t = tempfile::tempdir().unwrap();
+    {
+        let (mut s, mut r) = open(t.path(), 5);
+        apply(&mut s, &mut r, vec![put("a", "1")], 1);
+    }
+    let files = snapshot(t.path());
+    let e = open_err(t.path(), 3);
+    assert!(matches!(e, StorageError::WrongNode { .. }), "{e:?}");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("belongs to server 5, not 3") && msg.contains(&t.path().display().to_string()),
+        "{msg}"
+    );
+    assert_eq!(snapshot(t.path()), files, "the directory was modified");
+    // Still fine for its owner.
+    let (_, r) = open(t.path(), 5);
+    assert_eq!(r.dump(), vec![(b"a".to_vec(), b"1".to_vec())]);
+}
+
+#[test]
+fn a_directory_with_other_files_is_refused_untouched() {
+    let t = tempfile::tempdir().unwrap();
+    std::fs::write(t.path().join("notes.txt"), b"my precious data").unwrap();
+    let files = snapshot(t.path());
+    let e = open_err(t.path(), 1);
+    assert!(matches!(e, StorageError::NotAStore { .. }), "{e:?}");
+    let msg = e.to_string();
+    assert!(msg.contains("is not a meshkv store"), "{msg}");
+    assert!(msg.contains("notes.txt"), "{msg}");
+    assert_eq!(snapshot(t.path()), files);
+
+    // Files named like sled's but not sled's.
+    let t = tempfile::tempdir().unwrap();
+    std::fs::write(t.path().join("db"), b"some other program's db").unwrap();
+    std::fs::write(t.path().join("conf"), b"port = 80\n").unwrap();
+    std::fs::write(t.path().join("meshkv.id"), b"meshkv-1\nnode 1\n").unwrap();
+    let files = snapshot(t.path());
+    let e = open_err(t.path(), 1);
+    assert!(e.to_string().contains("conf"), "{e}");
+    assert_eq!(snapshot(t.path()), files);
+
+    // Half a sled layout.
+    let t = tempfile::tempdir().unwrap();
+    std::fs::write(t.path().join("db"), b"").unwrap();
+    let e = open_err(t.path(), 1);
+    assert!(e.to_string().contains("no sled `conf` file"), "{e}");
+
+    // A plain file instead of a directory.
+    let t = tempfile::tempdir().unwrap();
+    let f = t.path().join("file");
+    std::fs::write(&f, b"x").unwrap();
+    let e = open_err(&f, 1);
+    assert!(e.to_string().contains("not a directory"), "{e}");
+    assert_eq!(std::fs::read(&f).unwrap(), b"x");
+}
+
+#[test]
+fn a_sled_database_without_the_marker_is_refused_untouched() {
+    let t = tempfile::tempdir().unwrap();
+    {
+        let db = sled::Config::new()
+            .path(t.path())
+            .cache_capacity(CACHE)
+            .open()
+            .unwrap();
+        db.insert(b"user-key", b"user-value").unwrap();
+        db.flush().unwrap();
+    }
+    let files = snapshot(t.path());
+    let e = open_err(t.path(), 1);
+    assert!(matches!(e, StorageError::NotAStore { .. }), "{e:?}");
+    assert!(
+        e.to_string().contains("no `meshkv.id` identity file"),
+        "{e}"
+    );
+    assert_eq!(snapshot(t.path()), files, "the directory was modified");
+    let db = sled::open(t.path()).unwrap();
+    assert_eq!(db.len(), 1);
+    assert_eq!(
+        db.get(b"user-key").unwrap().unwrap().as_ref(),
+        b"user-value"
+    );
+}
+
+#[test]
+fn a_store_in_use_is_refused() {
+    let t = tempfile::tempdir().unwrap();
+    let (_s, _r) = open(t.path(), 1);
+    let e = open_err(t.path(), 1);
+    assert!(matches!(e, StorageError::Io { .. }), "{e:?}");
+    assert!(e.to_string().contains("lock"), "{e}");
+}
+
+#[test]
+fn an_empty_directory_is_initialised() {
+    let t = tempfile::tempdir().unwrap();
+    std::fs::create_dir(t.path().join("lost+found")).unwrap();
+    let (_, r) = open(t.path(), 2);
+    assert!(r.is_empty());
+    drop(r);
+    open(t.path(), 2);
+}
+
+#[test]
+fn log_records_and_removes_survive_a_restart() {
+    let t = tempfile::tempdir().unwrap();
+    let remote = Entry::write(
+        Some(b"r".to_vec()),
+        Version {
+            ts: 50,
+            dot: Dot::new(7, 1),
+        },
+        &Default::default(),
+    );
+    {
+        let (mut s, mut r) = open(t.path(), 1);
+        apply(&mut s, &mut r, vec![put("a", "1"), put("b", "2")], 100);
+        apply(&mut s, &mut r, vec![delete("a")], 200);
+        apply(
+            &mut s,
+            &mut r,
+            vec![Op::Apply {
+                key: b"r".to_vec(),
+                entry: remote.clone(),
+                dots: vec![Dot::new(7, 1)],
+                from: Some(7),
+            }],
+            300,
+        );
+        assert_eq!(r.log_len(), 4);
+    }
+    {
+        let (mut s, mut r) = open(t.path(), 1);
+        assert_eq!(r.log_len(), 4);
+        assert_eq!(r.seen().get(7), 1);
+        assert_eq!(r.seen().get(1), 3);
+        assert!(r.entry(b"a").unwrap().value.is_none(), "tombstone restored");
+        assert_eq!(r.entry(b"r"), Some(&remote));
+        // No other member: everything can be trimmed, and the tombstone dropped.
+        let st = apply(&mut s, &mut r, vec![Op::Trim], 400);
+        assert_eq!(st.log_removes.len(), 4);
+        assert_eq!(st.removes, vec![b"a".to_vec()]);
+        assert_eq!(r.log_len(), 0);
+        assert_eq!(r.len(), 2);
+    }
+    let (_, r) = open(t.path(), 1);
+    assert_eq!(r.log_len(), 0);
+    assert_eq!(r.len(), 2);
+    assert!(r.entry(b"a").is_none());
+    assert_eq!(r.floor().get(1), 3);
+    assert_eq!(r.floor().get(7), 1);
+    assert_eq!(r.meta().counter, 3);
+    assert_eq!(
+        r.dump(),
+        vec![
+            (b"b".to_vec(), b"2".to_vec()),
+            (b"r".to_vec(), b"r".to_vec())
+        ]
+    );
+}
+
+// ----- crash test -----
+
+const CHILD_ENV: &str = "MESHKV_STORAGE_CHILD";
+const ACKS: u64 = 200;
+
+/// The child half of `kill_9_loses_no_acknowledged_write`: does nothing unless started
+/// by it (with the data directory in the environment).
+#[test]
+fn crash_child() {
+    let Some(dir) = std::env::var_os(CHILD_ENV) else {
+        return;
+    };
+    let (mut s, mut r) = open(Path::new(&dir), 1);
+    let mut out = std::io::stdout().lock();
+    for n in 1u64.. {
+        // Two keys per batch, one of them rewritten every time.
+        let ops = vec![
+            put(&format!("k{n:06}"), &format!("v{n}")),
+            put("last", &n.to_string()),
+        ];
+        let st = r.stage(ops, n);
+        s.persist(&st).expect("persist");
+        r.commit(st);
+        writeln!(out, "acked {n}").unwrap();
+        out.flush().unwrap();
+    }
+}
+
+/// Kills the child on drop, so a failing test does not leave it running.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        if self.0.try_wait().ok().flatten().is_none() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+#[test]
+fn kill_9_loses_no_acknowledged_write() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("store");
+    let exe = std::env::current_exe().unwrap();
+    let mut child = Child(
+        Command::new(exe)
+            .args(["--exact", "crash_child", "--nocapture", "--test-threads=1"])
+            .env(CHILD_ENV, &dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn the child"),
+    );
+    let pid = child.0.id() as libc::pid_t;
+    let stdout = child.0.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    // Reads until the child's stdout closes (it dies).
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if let Some(n) = line.strip_prefix("acked ") {
+                if let Ok(n) = n.trim().parse::<u64>() {
+                    let _ = tx.send(n);
+                }
+            }
+        }
+    });
+
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut acked = 0;
+    while acked < ACKS {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(n) => acked = acked.max(n),
+            Err(e) => panic!("child stalled after {acked} acks: {e}"),
+        }
+    }
+    // SIGKILL: no destructor, no final flush.
+    assert_eq!(
+        unsafe { libc::kill(pid, libc::SIGKILL) },
+        0,
+        "kill the child"
+    );
+    let status = child.0.wait().unwrap();
+    assert!(!status.success(), "the child was killed: {status:?}");
+    // Acks that were in the pipe when it died were acknowledged too.
+    reader.join().unwrap();
+    while let Ok(n) = rx.try_recv() {
+        acked = acked.max(n);
+    }
+
+    let (_, r) = open(&dir, 1);
+    let meta = r.meta();
+    assert!(
+        meta.counter >= 2 * acked,
+        "counter {} for {acked} acks",
+        meta.counter
+    );
+    for n in 1..=acked {
+        let key = format!("k{n:06}");
+        let e = r
+            .entry(key.as_bytes())
+            .unwrap_or_else(|| panic!("acknowledged write {key} lost (acked {acked})"));
+        assert_eq!(e.value.as_deref(), Some(format!("v{n}").as_bytes()));
+    }
+    let last: u64 = String::from_utf8(r.entry(b"last").unwrap().value.clone().unwrap())
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(last >= acked, "last {last} < acked {acked}");
+    // Whatever the child did after its last ack, the store is one consistent prefix:
+    // the counter matches the keys present, two dots per batch.
+    let batches = r.dump().len() as u64 - 1;
+    assert_eq!(meta.counter, 2 * batches);
+    assert_eq!(r.log_len() as u64, meta.counter);
+}
