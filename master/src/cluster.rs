@@ -126,6 +126,13 @@ pub fn find_node_binary() -> Result<PathBuf, String> {
     if sib.exists() {
         return Ok(sib);
     }
+    // Test executables live in target/<profile>/deps/.
+    if let Some(up) = exe.parent().and_then(|d| d.parent()) {
+        let p = up.join("meshkv");
+        if p.exists() {
+            return Ok(p);
+        }
+    }
     Err(format!(
         "cannot find the meshkv binary next to {} (set MESHKV_BIN)",
         exe.display()

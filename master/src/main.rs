@@ -25,6 +25,9 @@ struct Args {
     /// Seconds `stabilize` waits before reporting that stores still differ.
     #[arg(long, default_value_t = 30)]
     stabilize_timeout: u64,
+    /// At exit, print on stderr how long each kind of command took in total.
+    #[arg(long)]
+    timing: bool,
 }
 
 fn registry_dir() -> PathBuf {
@@ -59,6 +62,7 @@ async fn run(args: Args) -> Result<(), String> {
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     let mut n = 0u64;
     let stdout = std::io::stdout();
+    let mut timing: std::collections::BTreeMap<String, (u64, Duration)> = Default::default();
     loop {
         let line = match lines.next_line().await {
             Ok(Some(l)) => l,
@@ -72,13 +76,28 @@ async fn run(args: Args) -> Result<(), String> {
         match parse_line(&line) {
             Ok(None) => {}
             Ok(Some(cmd)) => {
+                let name = cmd.to_string();
+                let name = name.split_whitespace().next().unwrap_or("?").to_string();
+                let started = std::time::Instant::now();
                 let mut out = stdout.lock();
                 if let Err(e) = master.run(cmd, &mut out).await {
                     let _ = out.flush();
                     eprintln!("line {n}: {e}");
                 }
+                let t = timing.entry(name).or_default();
+                t.0 += 1;
+                t.1 += started.elapsed();
             }
             Err(e) => eprintln!("line {n}: {e}"),
+        }
+    }
+    if args.timing {
+        for (name, (count, total)) in &timing {
+            eprintln!(
+                "timing: {name} count={count} total_ms={:.3} mean_us={:.1}",
+                total.as_secs_f64() * 1e3,
+                total.as_secs_f64() * 1e6 / (*count).max(1) as f64
+            );
         }
     }
     master.shutdown().await;

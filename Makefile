@@ -1,0 +1,39 @@
+# meshkv — build, demo, tests, benchmarks.
+#   make          build release binaries and ./master
+#   make demo     start a demo cluster with ./master on scenarios/demo.txt
+#   make test     everything CI runs (format, lints, all tests)
+CARGO ?= cargo
+
+.PHONY: all build demo test lint fmt bench-seed clean
+
+all: build
+
+build:
+	$(CARGO) build --release --workspace --bins
+	ln -sf target/release/master master
+
+demo: build
+	./master < scenarios/demo.txt
+
+lint:
+	$(CARGO) fmt --all -- --check
+	@if $(CARGO) clippy --version >/dev/null 2>&1; then \
+	  $(CARGO) clippy --release --workspace --all-targets -- -D warnings; \
+	else echo "clippy not installed: lints skipped" >&2; fi
+
+test: build lint
+	$(CARGO) test --release --workspace
+
+fmt:
+	$(CARGO) fmt --all
+
+# The seed's benchmark: 5 servers, clients 5-9 one per server, N rotating puts, then
+# stabilize; median of RUNS runs.
+N ?= 10000
+RUNS ?= 5
+bench-seed: build
+	bench/seed-bench.sh $(N) $(RUNS)
+
+clean:
+	$(CARGO) clean
+	rm -f master
