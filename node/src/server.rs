@@ -524,9 +524,18 @@ impl Shared {
             return;
         }
         lock(&self.replica).add_member(id);
-        let start_dialer = {
+        let (start_dialer, stale) = {
             let mut peers = lock(&self.peers);
             let p = peers.entry(id).or_default();
+            // A new address means a new incarnation of the peer: a connection to the
+            // old one is dead even if the idle timeout has not noticed yet.
+            let stale = match (addr, &p.conn) {
+                (Some(a), Some((_, c))) if c.remote_address() != a => {
+                    p.tx = None;
+                    p.conn.take()
+                }
+                _ => None,
+            };
             if addr.is_some() {
                 p.addr = addr;
             }
@@ -536,8 +545,12 @@ impl Shared {
             if start {
                 p.dialer = true;
             }
-            start
+            (start, stale)
         };
+        if let Some((_, c)) = stale {
+            c.close(3u32.into(), b"peer restarted");
+            lock(&self.replica).set_connected(id, false);
+        }
         if start_dialer {
             tokio::spawn(self.clone().dialer(id));
         }
