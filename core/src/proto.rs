@@ -40,6 +40,9 @@ pub enum PeerMsg {
 /// Requests on a server↔server bi stream.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PeerReq {
+    /// Link confirmation: the dialer asks before it counts the link as up; only a peer
+    /// that has installed the connection (is not blocking us) answers.
+    Ping,
     /// Fast-path anti-entropy.
     Sync(SyncReq),
     /// Tree walk: all group digests.
@@ -55,6 +58,8 @@ pub enum PeerReq {
 /// Answers on a server↔server bi stream.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PeerResp {
+    /// Answer to [`PeerReq::Ping`].
+    Pong,
     /// Answer to [`PeerReq::Sync`].
     Sync(SyncResp),
     /// Answer to [`PeerReq::Groups`].

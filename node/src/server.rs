@@ -609,8 +609,29 @@ impl Shared {
             .await
             {
                 Ok(c) => {
-                    backoff = Duration::from_millis(20);
-                    self.install(id, c);
+                    // Count the link as up only once the peer has installed it too:
+                    // it answers requests only on installed connections.
+                    let ping =
+                        frame::request::<_, PeerResp>(&c, &PeerReq::Ping, Duration::from_secs(2))
+                            .await;
+                    match ping {
+                        Ok((PeerResp::Pong, _, _)) => {
+                            backoff = Duration::from_millis(20);
+                            self.install(id, c);
+                        }
+                        other => {
+                            tracing::debug!(
+                                "server {}: link to {id} not confirmed: {other:?}",
+                                self.id
+                            );
+                            c.close(5u32.into(), b"not confirmed");
+                            tokio::select! {
+                                _ = tokio::time::sleep(backoff) => {}
+                                _ = &mut notified => {}
+                            }
+                            backoff = (backoff * 2).min(Duration::from_millis(500));
+                        }
+                    }
                 }
                 Err(e) => {
                     tracing::debug!("dial server {id} at {addr}: {e}");
@@ -631,7 +652,7 @@ impl Shared {
                 let conn = match incoming.await {
                     Ok(c) => c,
                     Err(e) => {
-                        tracing::debug!("handshake failed: {e}");
+                        tracing::info!("server {}: incoming handshake failed: {e}", sh.id);
                         return;
                     }
                 };
@@ -658,6 +679,7 @@ impl Shared {
             let p = peers.entry(id).or_default();
             if p.blocked {
                 drop(peers);
+                tracing::debug!("server {}: refusing blocked server {id}", self.id);
                 conn.close(1u32.into(), b"blocked");
                 return;
             }
@@ -777,6 +799,7 @@ impl Shared {
     fn answer(&self, id: NodeId, req: PeerReq, st: &PeerStats) -> PeerResp {
         let mut r = lock(&self.replica);
         match req {
+            PeerReq::Ping => PeerResp::Pong,
             PeerReq::Sync(q) => {
                 let resp = r.answer_sync(id, &q);
                 st.catchup_keys_sent
