@@ -6,9 +6,13 @@
 
 pub use meshkv_core;
 
+pub mod cli;
 pub mod client;
+pub mod config;
 pub mod control;
 pub mod frame;
+pub mod http;
+pub mod metrics;
 pub mod net;
 pub mod pki;
 pub mod server;

@@ -1,10 +1,14 @@
-//! `meshkv`: the server and client processes, certificate tooling.
+//! `meshkv`: the server and client processes, certificate tooling, the standalone
+//! server (`serve`, see [`meshkv_node::config`]) and the HTTP command-line client
+//! (`get`, `put`, `del`, `status`, see [`meshkv_node::cli`] for exit codes).
 
 use clap::{Parser, Subcommand};
+use meshkv_node::cli::{self, ClientArgs};
 use meshkv_node::client::Client;
 use meshkv_node::net::NetTuning;
 use meshkv_node::pki::{self, Identity, TlsMaterial};
 use meshkv_node::server::{Server, ServerOpts};
+use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -36,6 +40,55 @@ enum Cmd {
         /// QUIC listen address.
         #[arg(long, default_value = "127.0.0.1:0")]
         listen: SocketAddr,
+        /// HTTP listen address (plain HTTP, no token: keep it on loopback).
+        #[arg(long, default_value = "127.0.0.1:0")]
+        http: SocketAddr,
+    },
+    /// Run a standalone server from a TOML config file (stops on SIGINT/SIGTERM).
+    Serve {
+        /// The config file (see docs/http.md and examples/cluster/).
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Read KEY over HTTP and print its value (exit 1: not found, 3: ERR_DEP, 4: unreachable).
+    Get {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Print the value exactly, without a trailing newline.
+        #[arg(long)]
+        raw: bool,
+        /// The key (any bytes).
+        key: OsString,
+    },
+    /// Write KEY = VALUE over HTTP (VALUE omitted: read it from stdin).
+    Put {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Print the previous value, if there was one.
+        #[arg(long)]
+        prev: bool,
+        /// The key.
+        key: OsString,
+        /// The value (default: stdin).
+        value: Option<OsString>,
+    },
+    /// Delete KEY over HTTP (a replicated tombstone).
+    Del {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Print the previous value, if there was one.
+        #[arg(long)]
+        prev: bool,
+        /// The key.
+        key: OsString,
+    },
+    /// Show the status of every endpoint (exit 4 when one is unreachable).
+    Status {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Print the servers' JSON status documents.
+        #[arg(long)]
+        json: bool,
     },
     /// Run a client driven by the master over stdin/stdout (exits when stdin closes).
     Client {
@@ -83,25 +136,63 @@ fn material(dir: &std::path::Path, who: Identity) -> Result<TlsMaterial, String>
     TlsMaterial::load(&ca, &cert, &key, who).map_err(|e| e.to_string())
 }
 
-async fn run(cli: Cli) -> Result<(), String> {
+async fn run(cli: Cli) -> Result<u8, String> {
     match cli.cmd {
         Cmd::Server {
             id,
             data,
             certs,
             listen,
+            http,
         } => {
             let tls = material(&certs, Identity::server(id))?;
             let opts = ServerOpts::new(id, data, listen, tls);
             let server = Server::start(opts).await.map_err(|e| e.to_string())?;
-            meshkv_node::control::run_server(server, None).await;
-            Ok(())
+            let web = match meshkv_node::http::start(
+                server.clone(),
+                meshkv_node::http::HttpOpts::plain(http),
+            )
+            .await
+            {
+                Ok(w) => w,
+                Err(e) => {
+                    server.shutdown();
+                    return Err(e.to_string());
+                }
+            };
+            meshkv_node::control::run_server(server, Some(web.addr())).await;
+            web.stop();
+            Ok(0)
         }
+        Cmd::Serve { config } => meshkv_node::config::serve(&config).await.map(|()| 0),
+        Cmd::Get { client, raw, key } => Ok(cli::get(&client, &cli::arg_bytes(&key), raw).await),
+        Cmd::Put {
+            client,
+            prev,
+            key,
+            value,
+        } => {
+            let value = match value {
+                Some(v) => cli::arg_bytes(&v),
+                None => match cli::stdin_value() {
+                    Ok(v) => v,
+                    Err(e) => {
+                        eprintln!("meshkv: {e}");
+                        return Ok(cli::exit::LOCAL);
+                    }
+                },
+            };
+            Ok(cli::write(&client, &cli::arg_bytes(&key), Some(value), prev).await)
+        }
+        Cmd::Del { client, prev, key } => {
+            Ok(cli::write(&client, &cli::arg_bytes(&key), None, prev).await)
+        }
+        Cmd::Status { client, json } => Ok(cli::status(&client, json).await),
         Cmd::Client { id, certs } => {
             let tls = material(&certs, Identity::client(id))?;
             let client = Client::new(&tls, &NetTuning::default()).map_err(|e| e.to_string())?;
             meshkv_node::control::run_client(client).await;
-            Ok(())
+            Ok(0)
         }
         Cmd::Certs {
             cmd:
@@ -119,7 +210,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                 who.len(),
                 dir.display()
             );
-            Ok(())
+            Ok(0)
         }
     }
 }
@@ -141,7 +232,7 @@ fn main() -> ExitCode {
     let r = rt.block_on(run(cli));
     rt.shutdown_timeout(std::time::Duration::from_millis(200));
     match r {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("meshkv: {e}");
             ExitCode::from(1)

@@ -1,0 +1,991 @@
+//! The command-line client (`meshkv get|put|del|status`) and the small HTTP client
+//! it is built on (also used by the tests and the load generator).
+//!
+//! ```text
+//! meshkv get KEY [--raw]             print the value (exit 1 when not found)
+//! meshkv put KEY [VALUE] [--prev]    write VALUE (or stdin); --prev prints the old value
+//! meshkv del KEY [--prev]            delete (a replicated tombstone)
+//! meshkv status [--json]             one line (or JSON) per endpoint
+//! common: --endpoints URL,URL,...    tried in order (default $MESHKV_ENDPOINTS or http://127.0.0.1:8000)
+//!         --session FILE             keep causal tokens between invocations
+//!         --wait-ms N                let a lagging replica wait N ms (default 1000)
+//!         --timeout-ms N             per endpoint attempt (default 5000)
+//!         --cacert FILE              trust for https:// endpoints (the cluster CA)
+//!         --cert FILE --key FILE     client certificate
+//!         --token-file FILE          bearer token (or $MESHKV_TOKEN)
+//! ```
+//!
+//! # Failover
+//! Endpoints are tried in the order given. One that cannot be reached (connect
+//! error, TLS error, timeout, `503`) or that answers `412 ERR_DEP` (it has not caught
+//! up with the session) is skipped for the next. A request that broke after it was
+//! sent may have been applied: a retried `put` is then applied twice (same value).
+//!
+//! # Exit codes (see [`exit`])
+//! `0` done · `1` key not found · `2` usage error · `3` `ERR_DEP`: no endpoint has
+//! caught up with the session's token · `4` no endpoint reachable · `5` refused by the
+//! server (`4xx`/`5xx`, e.g. `401`, `413`) · `6` local error (session file, certificate
+//! files, stdin). Errors are one line on stderr, starting with `meshkv: `.
+//!
+//! # Session file
+//! With `--session FILE` the client keeps, per key, the last version it wrote or read
+//! (JSON: `{"meshkv_session":1,"keys":{"<percent-encoded key>":"<ts>.<origin>.<counter>"}}`),
+//! sends it as `X-Meshkv-After` and stores the `X-Meshkv-Version` of each answer, so a
+//! shell user gets Read-Your-Writes and Monotonic-Reads across commands. The file is
+//! replaced atomically; two commands running at the same time on one file may lose
+//! one of their updates (the guarantee then covers the one kept).
+
+use crate::http::{
+    decode_key, encode_key, format_version, parse_version, AFTER_HEADER, VERSION_HEADER,
+    WAIT_HEADER,
+};
+use crate::pki::{self, Role};
+pub use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::header::{HeaderMap, HeaderName, HeaderValue};
+pub use hyper::Method;
+use hyper_util::rt::TokioIo;
+use meshkv_core::Version;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{CertificateError, DigitallySignedStruct, SignatureScheme};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpStream;
+
+/// Exit codes of the CLI.
+pub mod exit {
+    /// Done (found, written, deleted, every endpoint answered status).
+    pub const OK: u8 = 0;
+    /// `get`: the key has no value.
+    pub const NOT_FOUND: u8 = 1;
+    /// Bad command line (clap).
+    pub const USAGE: u8 = 2;
+    /// `ERR_DEP`: no endpoint has caught up with the session's token.
+    pub const DEP: u8 = 3;
+    /// No endpoint could be reached (for `status`: some endpoint).
+    pub const UNREACHABLE: u8 = 4;
+    /// The server refused the request (`4xx`/`5xx` other than 404 and 412).
+    pub const REFUSED: u8 = 5;
+    /// A local problem: session file, certificate files, stdin.
+    pub const LOCAL: u8 = 6;
+}
+
+/// A server's HTTP endpoint: `http://host:port` or `https://host:port`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    /// HTTPS.
+    pub https: bool,
+    /// Host name or IP (IPv6 without brackets).
+    pub host: String,
+    /// Port.
+    pub port: u16,
+}
+
+impl Endpoint {
+    /// Parse `http://h:p`, `https://h:p` or `h:p` (plain HTTP); a trailing `/` is fine.
+    pub fn parse(s: &str) -> Result<Endpoint, String> {
+        let t = s.trim();
+        let (https, rest) = if let Some(r) = t.strip_prefix("https://") {
+            (true, r)
+        } else if let Some(r) = t.strip_prefix("http://") {
+            (false, r)
+        } else if t.contains("://") {
+            return Err(format!(
+                "endpoint {s:?}: only http:// and https:// are supported"
+            ));
+        } else {
+            (false, t)
+        };
+        let rest = rest.strip_suffix('/').unwrap_or(rest);
+        if rest.contains('/') {
+            return Err(format!("endpoint {s:?}: give only scheme, host and port"));
+        }
+        let (host, port) = if let Some(r) = rest.strip_prefix('[') {
+            let (h, p) = r
+                .split_once("]:")
+                .ok_or_else(|| format!("endpoint {s:?}: want [v6-address]:port"))?;
+            (h, p)
+        } else {
+            rest.rsplit_once(':')
+                .ok_or_else(|| format!("endpoint {s:?}: want host:port"))?
+        };
+        if host.is_empty() {
+            return Err(format!("endpoint {s:?}: empty host"));
+        }
+        let port = port
+            .parse::<u16>()
+            .map_err(|_| format!("endpoint {s:?}: bad port {port:?}"))?;
+        Ok(Endpoint {
+            https,
+            host: host.to_string(),
+            port,
+        })
+    }
+
+    /// `host:port` (brackets around IPv6).
+    pub fn authority(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+
+    /// The endpoint as a URL.
+    pub fn url(&self) -> String {
+        format!(
+            "{}://{}",
+            if self.https { "https" } else { "http" },
+            self.authority()
+        )
+    }
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.url())
+    }
+}
+
+/// Why a request got no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// No connection (refused, TLS refused, timed out): nothing was sent.
+    #[error("cannot connect: {0}")]
+    Connect(String),
+    /// The connection broke or timed out after the request was (maybe) sent.
+    #[error("no answer: {0}")]
+    Io(String),
+    /// The request could not be built (bad header value).
+    #[error("bad request: {0}")]
+    Build(String),
+}
+
+/// An HTTP answer, body read in full.
+#[derive(Clone, Debug)]
+pub struct Reply {
+    /// Status code.
+    pub status: u16,
+    /// Headers.
+    pub headers: HeaderMap,
+    /// Body.
+    pub body: Bytes,
+}
+
+impl Reply {
+    /// A header as text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// The `X-Meshkv-Version` header, parsed.
+    pub fn version(&self) -> Option<Version> {
+        self.header(VERSION_HEADER)
+            .and_then(|v| parse_version(v).ok())
+    }
+
+    /// The body's first line, for messages.
+    pub fn line(&self) -> String {
+        String::from_utf8_lossy(&self.body)
+            .lines()
+            .next()
+            .unwrap_or("")
+            .to_string()
+    }
+}
+
+/// Accepts a server certificate that chains to the trusted CA and is valid either for
+/// the endpoint's host name or, failing that, for the meshkv server identity it
+/// carries (`server-N.meshkv`): a cluster's servers are trusted as a group.
+#[derive(Debug)]
+struct ClusterVerifier {
+    inner: Arc<rustls::client::WebPkiServerVerifier>,
+}
+
+impl ServerCertVerifier for ClusterVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match self
+            .inner
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+        {
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => {
+                let refuse =
+                    || rustls::Error::InvalidCertificate(CertificateError::NotValidForName);
+                let who = pki::identity_of_cert(end_entity.as_ref()).map_err(|_| refuse())?;
+                if who.role != Role::Server {
+                    return Err(refuse());
+                }
+                let name = ServerName::try_from(who.dns_name()).map_err(|_| refuse())?;
+                self.inner
+                    .verify_server_cert(end_entity, intermediates, &name, ocsp, now)
+            }
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+fn read_file(p: &Path, what: &str) -> Result<Vec<u8>, String> {
+    std::fs::read(p).map_err(|e| format!("cannot read {what} {}: {e}", p.display()))
+}
+
+/// A TLS client configuration (ring) trusting only the CA in `cacert`, presenting
+/// `cert`/`key` when given.
+pub fn tls_config(
+    cacert: &Path,
+    client: Option<(&Path, &Path)>,
+) -> Result<rustls::ClientConfig, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(&read_file(cacert, "CA certificate")?) {
+        let c = c.map_err(|e| format!("CA certificate {}: {e}", cacert.display()))?;
+        roots
+            .add(c)
+            .map_err(|e| format!("CA certificate {}: {e}", cacert.display()))?;
+    }
+    if roots.is_empty() {
+        return Err(format!("no certificate in {}", cacert.display()));
+    }
+    let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .map_err(|e| format!("CA certificate {}: {e}", cacert.display()))?;
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(ClusterVerifier { inner }));
+    let mut cfg = match client {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => {
+            let chain: Vec<CertificateDer<'static>> =
+                CertificateDer::pem_slice_iter(&read_file(cert, "client certificate")?)
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| format!("client certificate {}: {e}", cert.display()))?;
+            let key_der = PrivateKeyDer::from_pem_slice(&read_file(key, "client key")?)
+                .map_err(|e| format!("client key {}: {e}", key.display()))?;
+            builder
+                .with_client_auth_cert(chain, key_der)
+                .map_err(|e| format!("client certificate: {e}"))?
+        }
+    };
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(cfg)
+}
+
+/// A minimal HTTP/1.1 client (hyper), plain or TLS.
+#[derive(Clone)]
+pub struct HttpClient {
+    tls: Option<tokio_rustls::TlsConnector>,
+    token: Option<String>,
+    timeout: Duration,
+}
+
+impl HttpClient {
+    /// A client; `tls` is needed for `https://` endpoints, `token` is sent as a bearer
+    /// token, `timeout` bounds connecting and each request.
+    pub fn new(
+        tls: Option<rustls::ClientConfig>,
+        token: Option<String>,
+        timeout: Duration,
+    ) -> Self {
+        HttpClient {
+            tls: tls.map(|c| tokio_rustls::TlsConnector::from(Arc::new(c))),
+            token,
+            timeout,
+        }
+    }
+
+    /// Open a keep-alive connection.
+    pub async fn connect(&self, ep: &Endpoint) -> Result<Conn, CallError> {
+        let fut = async {
+            let tcp = TcpStream::connect((ep.host.as_str(), ep.port))
+                .await
+                .map_err(|e| CallError::Connect(e.to_string()))?;
+            let _ = tcp.set_nodelay(true);
+            if ep.https {
+                let tls = self.tls.as_ref().ok_or_else(|| {
+                    CallError::Connect("https endpoint but no CA certificate (--cacert)".into())
+                })?;
+                let name = ServerName::try_from(ep.host.clone())
+                    .map_err(|e| CallError::Connect(format!("bad server name: {e}")))?;
+                let s = tls
+                    .connect(name, tcp)
+                    .await
+                    .map_err(|e| CallError::Connect(format!("TLS: {e}")))?;
+                Conn::handshake(s, ep, self).await
+            } else {
+                Conn::handshake(tcp, ep, self).await
+            }
+        };
+        tokio::time::timeout(self.timeout, fut)
+            .await
+            .map_err(|_| CallError::Connect(format!("timed out after {:?}", self.timeout)))?
+    }
+
+    /// One request on a fresh connection.
+    pub async fn call(
+        &self,
+        ep: &Endpoint,
+        method: Method,
+        path: &str,
+        headers: &[(&str, String)],
+        body: Bytes,
+    ) -> Result<Reply, CallError> {
+        let mut c = self.connect(ep).await?;
+        c.send(method, path, headers, body).await
+    }
+}
+
+/// One HTTP/1.1 connection.
+pub struct Conn {
+    send: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    authority: String,
+    token: Option<String>,
+    timeout: Duration,
+    /// The connection task; it ends with the reason the connection broke, if it did.
+    task: Option<tokio::task::JoinHandle<Option<String>>>,
+}
+
+impl Conn {
+    /// A request failed: the request side only learns "canceled", the connection task
+    /// knows why (e.g. a TLS alert: the server refused our certificate).
+    async fn io_error(&mut self, e: hyper::Error) -> CallError {
+        if let Some(task) = self.task.take() {
+            if let Ok(Ok(Some(why))) = tokio::time::timeout(Duration::from_millis(300), task).await
+            {
+                return CallError::Io(why);
+            }
+        }
+        CallError::Io(e.to_string())
+    }
+
+    async fn handshake<S>(io: S, ep: &Endpoint, c: &HttpClient) -> Result<Conn, CallError>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+            .await
+            .map_err(|e| CallError::Connect(e.to_string()))?;
+        let task = tokio::spawn(async move {
+            let e = conn.await.err()?;
+            let mut why = e.to_string();
+            let mut src = std::error::Error::source(&e);
+            while let Some(s) = src {
+                why = format!("{why}: {s}");
+                src = s.source();
+            }
+            Some(why)
+        });
+        Ok(Conn {
+            send,
+            authority: ep.authority(),
+            token: c.token.clone(),
+            timeout: c.timeout,
+            task: Some(task),
+        })
+    }
+
+    /// Whether the connection can no longer be used.
+    pub fn is_closed(&self) -> bool {
+        self.send.is_closed()
+    }
+
+    /// Send one request and read the whole answer (bounded by the client's timeout).
+    pub async fn send(
+        &mut self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, String)],
+        body: Bytes,
+    ) -> Result<Reply, CallError> {
+        let mut b = hyper::Request::builder()
+            .method(method)
+            .uri(path)
+            .header(hyper::header::HOST, &self.authority);
+        if let Some(t) = &self.token {
+            b = b.header(hyper::header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        for (k, v) in headers {
+            let name = HeaderName::from_bytes(k.as_bytes())
+                .map_err(|e| CallError::Build(format!("header {k:?}: {e}")))?;
+            let value = HeaderValue::from_str(v)
+                .map_err(|e| CallError::Build(format!("header {k:?}: {e}")))?;
+            b = b.header(name, value);
+        }
+        let req = b
+            .body(Full::new(body))
+            .map_err(|e| CallError::Build(e.to_string()))?;
+        let limit = self.timeout;
+        let fut = async {
+            if let Err(e) = self.send.ready().await {
+                return Err(self.io_error(e).await);
+            }
+            let resp = match self.send.send_request(req).await {
+                Ok(r) => r,
+                Err(e) => return Err(self.io_error(e).await),
+            };
+            let (parts, body) = resp.into_parts();
+            let body = match body.collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(e) => return Err(self.io_error(e).await),
+            };
+            Ok(Reply {
+                status: parts.status.as_u16(),
+                headers: parts.headers,
+                body,
+            })
+        };
+        tokio::time::timeout(limit, fut)
+            .await
+            .map_err(|_| CallError::Io(format!("timed out after {limit:?}")))?
+    }
+}
+
+/// The causal tokens of a CLI session, kept in a file between invocations.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionFile {
+    /// Format version (1).
+    #[serde(default = "one")]
+    pub meshkv_session: u32,
+    /// Percent-encoded key → `<ts>.<origin>.<counter>`.
+    #[serde(default)]
+    pub keys: BTreeMap<String, String>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl SessionFile {
+    /// Read `path`; a missing file is an empty session.
+    pub fn load(path: &Path) -> Result<SessionFile, String> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(SessionFile::new()),
+            Err(e) => return Err(format!("cannot read session file {}: {e}", path.display())),
+        };
+        if text.trim().is_empty() {
+            return Ok(SessionFile::new());
+        }
+        let s: SessionFile = serde_json::from_str(&text).map_err(|e| {
+            format!(
+                "session file {} is not a meshkv session: {e}",
+                path.display()
+            )
+        })?;
+        if s.meshkv_session != 1 {
+            return Err(format!(
+                "session file {} has format {}, this meshkv reads 1",
+                path.display(),
+                s.meshkv_session
+            ));
+        }
+        for (k, v) in &s.keys {
+            decode_key(k)
+                .and_then(|_| parse_version(v))
+                .map_err(|e| format!("session file {}: {e}", path.display()))?;
+        }
+        Ok(s)
+    }
+
+    /// An empty session.
+    pub fn new() -> SessionFile {
+        SessionFile {
+            meshkv_session: 1,
+            keys: BTreeMap::new(),
+        }
+    }
+
+    /// Write `path` atomically (temporary file + rename).
+    pub fn save(&self, path: &Path) -> Result<(), String> {
+        let text = serde_json::to_string_pretty(self).map_err(|e| e.to_string())?;
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(format!(".tmp{}", std::process::id()));
+        let tmp = PathBuf::from(tmp);
+        let res = (|| {
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(text.as_bytes())?;
+            f.write_all(b"\n")?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, path)
+        })();
+        res.map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            format!("cannot write session file {}: {e}", path.display())
+        })
+    }
+
+    /// The token for `key`.
+    pub fn token(&self, key: &[u8]) -> Option<Version> {
+        self.keys
+            .get(&encode_key(key))
+            .and_then(|v| parse_version(v).ok())
+    }
+
+    /// Remember `version` for `key`.
+    pub fn set(&mut self, key: &[u8], version: Version) {
+        self.keys.insert(encode_key(key), format_version(&version));
+    }
+}
+
+/// Options shared by the client commands.
+#[derive(clap::Args, Clone, Debug)]
+pub struct ClientArgs {
+    /// Server HTTP endpoints, comma-separated, tried in order
+    /// [default: $MESHKV_ENDPOINTS or http://127.0.0.1:8000].
+    #[arg(long, value_delimiter = ',')]
+    pub endpoints: Vec<String>,
+    /// Keep causal tokens in this file (Read-Your-Writes and Monotonic-Reads across commands).
+    #[arg(long)]
+    pub session: Option<PathBuf>,
+    /// How long a lagging replica may wait for replication before ERR_DEP, in ms.
+    #[arg(long, default_value_t = 1000)]
+    pub wait_ms: u64,
+    /// Time limit per endpoint attempt, in ms (the wait comes on top).
+    #[arg(long, default_value_t = 5000)]
+    pub timeout_ms: u64,
+    /// CA certificate to trust for https:// endpoints (the cluster CA).
+    #[arg(long)]
+    pub cacert: Option<PathBuf>,
+    /// Client certificate (PEM), for servers that require one.
+    #[arg(long = "cert", id = "client_cert", requires = "client_key")]
+    pub cert: Option<PathBuf>,
+    /// Client key (PEM).
+    #[arg(long = "key", id = "client_key", requires = "client_cert")]
+    pub key: Option<PathBuf>,
+    /// File holding the bearer token [default: $MESHKV_TOKEN].
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+}
+
+struct Ctx {
+    client: HttpClient,
+    endpoints: Vec<Endpoint>,
+    wait_ms: u64,
+    session: Option<(PathBuf, SessionFile)>,
+}
+
+/// A failure with its exit code.
+struct Fail(u8, String);
+
+impl ClientArgs {
+    fn ctx(&self) -> Result<Ctx, Fail> {
+        let usage = |e: String| Fail(exit::USAGE, e);
+        let local = |e: String| Fail(exit::LOCAL, e);
+        let list: Vec<String> = if self.endpoints.is_empty() {
+            match std::env::var("MESHKV_ENDPOINTS") {
+                Ok(v) if !v.trim().is_empty() => v.split(',').map(str::to_string).collect(),
+                _ => vec!["http://127.0.0.1:8000".into()],
+            }
+        } else {
+            self.endpoints.clone()
+        };
+        let endpoints = list
+            .iter()
+            .filter(|s| !s.trim().is_empty())
+            .map(|s| Endpoint::parse(s))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(usage)?;
+        if endpoints.is_empty() {
+            return Err(usage("no endpoint given".into()));
+        }
+        if self.cacert.is_none() {
+            if let Some(e) = endpoints.iter().find(|e| e.https) {
+                return Err(usage(format!(
+                    "{e} is https: give the CA to trust with --cacert"
+                )));
+            }
+        }
+        let tls = match &self.cacert {
+            Some(ca) => {
+                Some(tls_config(ca, self.cert.as_deref().zip(self.key.as_deref())).map_err(local)?)
+            }
+            None if self.cert.is_some() => {
+                return Err(usage(
+                    "--cert needs --cacert (client certificates are for https)".into(),
+                ))
+            }
+            None => None,
+        };
+        let token = match &self.token_file {
+            Some(f) => {
+                let t = String::from_utf8(read_file(f, "token file").map_err(local)?)
+                    .map_err(|_| local(format!("token file {} is not text", f.display())))?;
+                Some(t.trim().to_string())
+            }
+            None => std::env::var("MESHKV_TOKEN")
+                .ok()
+                .map(|t| t.trim().to_string())
+                .filter(|t| !t.is_empty()),
+        };
+        let session = match &self.session {
+            Some(p) => Some((p.clone(), SessionFile::load(p).map_err(local)?)),
+            None => None,
+        };
+        let timeout = Duration::from_millis(self.timeout_ms.max(1) + self.wait_ms);
+        Ok(Ctx {
+            client: HttpClient::new(tls, token, timeout),
+            endpoints,
+            wait_ms: self.wait_ms,
+            session,
+        })
+    }
+}
+
+enum Answer {
+    Reply(Endpoint, Reply),
+    Dep(Vec<String>),
+    Unreachable(Vec<String>),
+}
+
+impl Ctx {
+    fn token(&self, key: &[u8]) -> Option<Version> {
+        self.session.as_ref().and_then(|(_, s)| s.token(key))
+    }
+
+    fn remember(&mut self, key: &[u8], v: Option<Version>) -> Result<(), Fail> {
+        if let (Some((path, s)), Some(v)) = (self.session.as_mut(), v) {
+            s.set(key, v);
+            s.save(path).map_err(|e| Fail(exit::LOCAL, e))?;
+        }
+        Ok(())
+    }
+
+    async fn kv(&self, method: Method, key: &[u8], body: Bytes) -> Answer {
+        let path = format!("/kv/{}", encode_key(key));
+        let mut headers = vec![(WAIT_HEADER, self.wait_ms.to_string())];
+        if let Some(v) = self.token(key) {
+            headers.push((AFTER_HEADER, format_version(&v)));
+        }
+        let mut deps = Vec::new();
+        let mut errs = Vec::new();
+        for ep in &self.endpoints {
+            match self
+                .client
+                .call(ep, method.clone(), &path, &headers, body.clone())
+                .await
+            {
+                Err(e) => errs.push(format!("{ep}: {e}")),
+                Ok(r) if r.status == 412 => deps.push(ep.url()),
+                Ok(r) if r.status == 503 => errs.push(format!("{ep}: 503 {}", r.line())),
+                Ok(r) => return Answer::Reply(ep.clone(), r),
+            }
+        }
+        if deps.is_empty() {
+            Answer::Unreachable(errs)
+        } else {
+            Answer::Dep(deps)
+        }
+    }
+}
+
+fn show(key: &[u8]) -> String {
+    String::from_utf8_lossy(key).into_owned()
+}
+
+fn settle(a: Answer, key: &[u8]) -> Result<(Endpoint, Reply), Fail> {
+    match a {
+        Answer::Reply(ep, r) => Ok((ep, r)),
+        Answer::Dep(eps) => Err(Fail(
+            exit::DEP,
+            format!(
+                "ERR_DEP: no endpoint has caught up with this session's version of key {:?} (behind: {})",
+                show(key),
+                eps.join(", ")
+            ),
+        )),
+        Answer::Unreachable(errs) => Err(Fail(
+            exit::UNREACHABLE,
+            format!("unreachable: {}", errs.join("; ")),
+        )),
+    }
+}
+
+fn refused(ep: &Endpoint, r: &Reply) -> Fail {
+    Fail(
+        exit::REFUSED,
+        format!("{ep} refused: {} {}", r.status, r.line()),
+    )
+}
+
+fn finish(r: Result<u8, Fail>) -> u8 {
+    match r {
+        Ok(c) => c,
+        Err(Fail(code, msg)) => {
+            eprintln!("meshkv: {}", msg.replace('\n', " "));
+            code
+        }
+    }
+}
+
+fn write_out(bytes: &[u8], newline: bool) -> Result<(), Fail> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(bytes)
+        .and_then(|_| {
+            if newline {
+                out.write_all(b"\n")
+            } else {
+                Ok(())
+            }
+        })
+        .and_then(|_| out.flush())
+        .map_err(|e| Fail(exit::LOCAL, format!("cannot write to stdout: {e}")))
+}
+
+/// `meshkv get KEY`: print the value (plus a newline unless `raw`).
+pub async fn get(args: &ClientArgs, key: &[u8], raw: bool) -> u8 {
+    finish(
+        async {
+            let mut ctx = args.ctx()?;
+            let (ep, r) = settle(ctx.kv(Method::GET, key, Bytes::new()).await, key)?;
+            match r.status {
+                200 => {
+                    ctx.remember(key, r.version())?;
+                    write_out(&r.body, !raw)?;
+                    Ok(exit::OK)
+                }
+                404 => {
+                    ctx.remember(key, r.version())?;
+                    Err(Fail(
+                        exit::NOT_FOUND,
+                        format!("key {:?} not found", show(key)),
+                    ))
+                }
+                _ => Err(refused(&ep, &r)),
+            }
+        }
+        .await,
+    )
+}
+
+/// `meshkv put KEY VALUE` / `meshkv del KEY` (`value` `None`): print the previous value
+/// when `prev`.
+pub async fn write(args: &ClientArgs, key: &[u8], value: Option<Vec<u8>>, prev: bool) -> u8 {
+    finish(
+        async {
+            let mut ctx = args.ctx()?;
+            let (method, body) = match value {
+                Some(v) => (Method::PUT, Bytes::from(v)),
+                None => (Method::DELETE, Bytes::new()),
+            };
+            let (ep, r) = settle(ctx.kv(method, key, body).await, key)?;
+            match r.status {
+                200 | 201 | 204 => {
+                    ctx.remember(key, r.version())?;
+                    if prev && r.status == 200 {
+                        write_out(&r.body, true)?;
+                    }
+                    Ok(exit::OK)
+                }
+                _ => Err(refused(&ep, &r)),
+            }
+        }
+        .await,
+    )
+}
+
+/// Read a value from stdin (`meshkv put KEY` without VALUE).
+pub fn stdin_value() -> Result<Vec<u8>, String> {
+    let mut v = Vec::new();
+    std::io::Read::read_to_end(&mut std::io::stdin(), &mut v)
+        .map_err(|e| format!("cannot read the value from stdin: {e}"))?;
+    Ok(v)
+}
+
+/// `meshkv status`: one line per endpoint (or a JSON array with `json`).
+pub async fn status(args: &ClientArgs, json: bool) -> u8 {
+    finish(
+        async {
+            let ctx = args.ctx()?;
+            let mut all = Vec::new();
+            let mut missing = 0;
+            for ep in &ctx.endpoints {
+                let r = ctx
+                    .client
+                    .call(ep, Method::GET, "/status", &[], Bytes::new())
+                    .await;
+                let item = match r {
+                    Ok(r) if r.status == 200 => {
+                        match serde_json::from_slice::<serde_json::Value>(&r.body) {
+                            Ok(v) => Ok(v),
+                            Err(e) => Err(format!("bad status JSON: {e}")),
+                        }
+                    }
+                    Ok(r) => Err(format!("{} {}", r.status, r.line())),
+                    Err(e) => Err(e.to_string()),
+                };
+                if item.is_err() {
+                    missing += 1;
+                }
+                all.push((ep, item));
+            }
+            if json {
+                let arr: Vec<serde_json::Value> = all
+                    .iter()
+                    .map(|(ep, it)| match it {
+                        Ok(v) => serde_json::json!({"endpoint": ep.url(), "status": v}),
+                        Err(e) => serde_json::json!({"endpoint": ep.url(), "error": e}),
+                    })
+                    .collect();
+                let text = serde_json::to_string_pretty(&arr)
+                    .map_err(|e| Fail(exit::LOCAL, e.to_string()))?;
+                write_out(text.as_bytes(), true)?;
+            } else {
+                let mut text = String::new();
+                for (ep, it) in &all {
+                    text.push_str(&match it {
+                        Ok(v) => summary(ep, v),
+                        Err(e) => format!("{ep}  unreachable: {e}"),
+                    });
+                    text.push('\n');
+                }
+                write_out(text.as_bytes(), false)?;
+            }
+            Ok(if missing > 0 {
+                exit::UNREACHABLE
+            } else {
+                exit::OK
+            })
+        }
+        .await,
+    )
+}
+
+fn summary(ep: &Endpoint, v: &serde_json::Value) -> String {
+    let n = |k: &str| v.get(k).and_then(|x| x.as_u64()).unwrap_or(0);
+    let peers = v
+        .get("peers")
+        .and_then(|p| p.as_array())
+        .cloned()
+        .unwrap_or_default();
+    let up = peers
+        .iter()
+        .filter(|p| p.get("link").and_then(|l| l.as_str()) == Some("up"))
+        .count();
+    let lag: u64 = peers
+        .iter()
+        .filter_map(|p| p.get("lag").and_then(|l| l.as_u64()))
+        .max()
+        .unwrap_or(0);
+    let links: Vec<String> = peers
+        .iter()
+        .map(|p| {
+            format!(
+                "{}:{}",
+                p.get("id").and_then(|x| x.as_u64()).unwrap_or(0),
+                p.get("link").and_then(|x| x.as_str()).unwrap_or("?")
+            )
+        })
+        .collect();
+    format!(
+        "{ep}  node={} keys={} tombstones={} digest={} peers_up={up}/{} [{}] max_lag={lag} uptime={:.0}s",
+        n("node"),
+        n("keys"),
+        n("tombstones"),
+        v.get("digest_root").and_then(|x| x.as_str()).unwrap_or("?"),
+        peers.len(),
+        links.join(" "),
+        v.get("uptime_s").and_then(|x| x.as_f64()).unwrap_or(0.0),
+    )
+}
+
+/// A command-line argument as bytes (keys and values may be any bytes on Unix).
+pub fn arg_bytes(s: &std::ffi::OsStr) -> Vec<u8> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        s.as_bytes().to_vec()
+    }
+    #[cfg(not(unix))]
+    {
+        s.to_string_lossy().into_owned().into_bytes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_parse() {
+        let e = Endpoint::parse("https://server-0.meshkv:8443/").ok();
+        assert_eq!(
+            e,
+            Some(Endpoint {
+                https: true,
+                host: "server-0.meshkv".into(),
+                port: 8443
+            })
+        );
+        assert_eq!(
+            Endpoint::parse("127.0.0.1:8000").map(|e| e.url()),
+            Ok("http://127.0.0.1:8000".to_string())
+        );
+        assert_eq!(
+            Endpoint::parse("http://[::1]:8000").map(|e| e.authority()),
+            Ok("[::1]:8000".to_string())
+        );
+        for bad in ["", "ftp://x:1", "x", "x:99999", "http://x:1/kv", ":80"] {
+            assert!(Endpoint::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn session_file_round_trip() -> Result<(), String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let p = dir.path().join("s.json");
+        let mut s = SessionFile::load(&p)?;
+        assert!(s.keys.is_empty());
+        let v = Version {
+            ts: 5,
+            dot: meshkv_core::Dot::new(1, 2),
+        };
+        s.set(b"a b", v);
+        s.save(&p)?;
+        let again = SessionFile::load(&p)?;
+        assert_eq!(again.token(b"a b"), Some(v));
+        assert_eq!(again, s);
+        std::fs::write(&p, "{not json").map_err(|e| e.to_string())?;
+        assert!(SessionFile::load(&p).is_err());
+        Ok(())
+    }
+}

@@ -1,0 +1,365 @@
+//! Prometheus metrics of one server, served at `GET /metrics`.
+//!
+//! Built on `prometheus-client` with one [`Registry`] per server (no global state).
+//! The text is the OpenMetrics text format (`application/openmetrics-text`), which
+//! Prometheus scrapes natively; counters carry the `_total` suffix.
+//!
+//! | metric | type | labels | meaning |
+//! | --- | --- | --- | --- |
+//! | `meshkv_http_requests_total` | counter | `route`, `method`, `status` | HTTP requests answered |
+//! | `meshkv_http_request_duration_seconds` | histogram | `route`, `method` | time to answer (dependency waits included) |
+//! | `meshkv_http_connections` | gauge | | open HTTP connections |
+//! | `meshkv_node_id` | gauge | | this server's id |
+//! | `meshkv_uptime_seconds` | gauge | | since start |
+//! | `meshkv_keys` / `meshkv_tombstones` / `meshkv_log_records` | gauge | | store size |
+//! | `meshkv_client_puts_total` / `meshkv_client_gets_total` | counter | | client requests (QUIC and HTTP) |
+//! | `meshkv_storage_fsyncs_total` / `meshkv_storage_batches_total` / `meshkv_storage_bytes_written_total` | counter | | durability work |
+//! | `meshkv_storage_last_sync_seconds` | gauge | | duration of the last flush + fsync |
+//! | `meshkv_peer_up` | gauge | `peer` | 1 when the QUIC link is up |
+//! | `meshkv_replication_lag_writes` | gauge | `peer` | writes we hold that the peer has not reported holding |
+//! | `meshkv_peer_bytes_sent_total` / `meshkv_peer_bytes_received_total` | counter | `peer` | bytes between servers, all streams |
+//! | `meshkv_peer_pushes_sent_total` / `meshkv_peer_pushes_received_total` | counter | `peer` | eager pushes |
+//! | `meshkv_catchup_keys_received_total` / `meshkv_catchup_bytes_received_total` | counter | `peer` | anti-entropy transfers in |
+//! | `meshkv_catchup_keys_sent_total` / `meshkv_catchup_bytes_sent_total` | counter | `peer` | anti-entropy transfers out |
+//! | `meshkv_sync_rounds_total` / `meshkv_tree_walks_total` / `meshkv_peer_connects_total` | counter | `peer` | anti-entropy rounds, digest-tree walks, connections |
+//! | `meshkv_peer_last_sync_timestamp_seconds` | gauge | `peer` | Unix time of the last good anti-entropy round |
+
+use crate::server::{Server, Status};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+use std::time::Duration;
+
+/// Content type of [`Metrics::render`].
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    route: &'static str,
+    method: &'static str,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    route: &'static str,
+    method: &'static str,
+}
+
+/// The metrics of one server.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    latency: Family<RouteLabels, Histogram>,
+    connections: Gauge,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new([
+        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+        5.0, 10.0,
+    ])
+}
+
+impl Metrics {
+    /// Metrics for `server`: request counters and histograms, plus everything in
+    /// [`Server::status`], read at each scrape.
+    pub fn new(server: Server) -> Metrics {
+        let mut registry = Registry::default();
+        let requests = Family::<RequestLabels, Counter>::default();
+        let latency =
+            Family::<RouteLabels, Histogram>::new_with_constructor(latency_histogram as fn() -> _);
+        let connections = Gauge::default();
+        registry.register(
+            "meshkv_http_requests",
+            "HTTP requests answered, by route, method and status",
+            requests.clone(),
+        );
+        registry.register(
+            "meshkv_http_request_duration_seconds",
+            "Time to answer an HTTP request, dependency waits included",
+            latency.clone(),
+        );
+        registry.register(
+            "meshkv_http_connections",
+            "Open HTTP connections",
+            connections.clone(),
+        );
+        registry.register_collector(Box::new(StatusCollector { server }));
+        Metrics {
+            registry,
+            requests,
+            latency,
+            connections,
+        }
+    }
+
+    /// Count one answered request.
+    pub fn observe(&self, route: &'static str, method: &'static str, status: u16, took: Duration) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                route,
+                method,
+                status,
+            })
+            .inc();
+        self.latency
+            .get_or_create(&RouteLabels { route, method })
+            .observe(took.as_secs_f64());
+    }
+
+    /// A connection opened (`+1`) or closed (`-1`).
+    pub fn connection(&self, delta: i64) {
+        self.connections.inc_by(delta);
+    }
+
+    /// The text exposition ([`CONTENT_TYPE`]).
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(16 << 10);
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            return format!("# cannot encode metrics: {e}\n# EOF\n");
+        }
+        out
+    }
+}
+
+/// Reads [`Server::status`] at each scrape.
+struct StatusCollector {
+    server: Server,
+}
+
+impl std::fmt::Debug for StatusCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StatusCollector")
+            .field("node", &self.server.id())
+            .finish()
+    }
+}
+
+fn gauge(enc: &mut DescriptorEncoder, name: &str, help: &str, v: f64) -> std::fmt::Result {
+    let g = ConstGauge::new(v);
+    let m = enc.encode_descriptor(name, help, None, g.metric_type())?;
+    g.encode(m)
+}
+
+fn counter(enc: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> std::fmt::Result {
+    let c = ConstCounter::new(v);
+    let m = enc.encode_descriptor(name, help, None, c.metric_type())?;
+    c.encode(m)
+}
+
+/// One family with a `peer` label; `None` values are left out.
+fn per_peer(
+    enc: &mut DescriptorEncoder,
+    st: &Status,
+    name: &str,
+    help: &str,
+    ty: MetricType,
+    get: impl Fn(&crate::server::PeerStatus) -> Option<f64>,
+) -> std::fmt::Result {
+    let mut fam = enc.encode_descriptor(name, help, None, ty)?;
+    for p in &st.peers {
+        let Some(v) = get(p) else { continue };
+        let labels = [("peer", p.id.to_string())];
+        let m = fam.encode_family(&labels)?;
+        match ty {
+            MetricType::Counter => ConstCounter::new(v as u64).encode(m)?,
+            _ => ConstGauge::new(v).encode(m)?,
+        }
+    }
+    Ok(())
+}
+
+impl Collector for StatusCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let st = self.server.status();
+        let e = &mut enc;
+        gauge(e, "meshkv_node_id", "This server's id", st.node as f64)?;
+        gauge(
+            e,
+            "meshkv_uptime_seconds",
+            "Seconds since start",
+            st.uptime_s,
+        )?;
+        gauge(
+            e,
+            "meshkv_keys",
+            "Keys held, tombstones included",
+            st.keys as f64,
+        )?;
+        gauge(
+            e,
+            "meshkv_tombstones",
+            "Tombstones held",
+            st.tombstones as f64,
+        )?;
+        gauge(
+            e,
+            "meshkv_log_records",
+            "Write-log records held",
+            st.log_records as f64,
+        )?;
+        counter(
+            e,
+            "meshkv_client_puts",
+            "Client writes served (QUIC and HTTP)",
+            st.client_puts,
+        )?;
+        counter(
+            e,
+            "meshkv_client_gets",
+            "Client reads served (QUIC and HTTP)",
+            st.client_gets,
+        )?;
+        counter(
+            e,
+            "meshkv_storage_fsyncs",
+            "fsync rounds of the store",
+            st.storage.fsyncs,
+        )?;
+        counter(
+            e,
+            "meshkv_storage_batches",
+            "Batches written (group commits)",
+            st.storage.batches,
+        )?;
+        counter(
+            e,
+            "meshkv_storage_bytes_written",
+            "Key and value bytes handed to the store",
+            st.storage.bytes_written,
+        )?;
+        gauge(
+            e,
+            "meshkv_storage_last_sync_seconds",
+            "Duration of the last flush + fsync",
+            st.storage.last_sync_micros as f64 / 1e6,
+        )?;
+        use MetricType::{Counter as C, Gauge as G};
+        let f = |v: u64| Some(v as f64);
+        per_peer(
+            e,
+            &st,
+            "meshkv_peer_up",
+            "1 when the link to the peer is up",
+            G,
+            |p| Some(if p.link == "up" { 1.0 } else { 0.0 }),
+        )?;
+        per_peer(
+            e,
+            &st,
+            "meshkv_replication_lag_writes",
+            "Writes held here that the peer has not reported holding",
+            G,
+            |p| p.lag.map(|l| l as f64),
+        )?;
+        per_peer(
+            e,
+            &st,
+            "meshkv_peer_bytes_sent",
+            "Bytes sent to the peer",
+            C,
+            |p| f(p.bytes_sent),
+        )?;
+        per_peer(
+            e,
+            &st,
+            "meshkv_peer_bytes_received",
+            "Bytes received from the peer",
+            C,
+            |p| f(p.bytes_received),
+        )?;
+        per_peer(
+            e,
+            &st,
+            "meshkv_peer_pushes_sent",
+            "Eager pushes sent",
+            C,
+            |p| f(p.pushes_sent),
+        )?;
+        per_peer(
+            e,
+            &st,
+            "meshkv_peer_pushes_received",
+            "Eager pushes received",
+            C,
+            |p| f(p.pushes_received),
+        )?;
+        per_peer(
+            e,
+            &st,
+            "meshkv_catchup_keys_received",
+            "Keys received by anti-entropy",
+            C,
+            |p| f(p.catchup_keys_received),
+        )?;
+        per_peer(
+            e,
+            &st,
+            "meshkv_catchup_bytes_received",
+            "Bytes received by anti-entropy",
+            C,
+            |p| f(p.catchup_bytes_received),
+        )?;
+        per_peer(
+            e,
+            &st,
+            "meshkv_catchup_keys_sent",
+            "Keys sent by anti-entropy",
+            C,
+            |p| f(p.catchup_keys_sent),
+        )?;
+        per_peer(
+            e,
+            &st,
+            "meshkv_catchup_bytes_sent",
+            "Bytes sent by anti-entropy",
+            C,
+            |p| f(p.catchup_bytes_sent),
+        )?;
+        per_peer(
+            e,
+            &st,
+            "meshkv_sync_rounds",
+            "Anti-entropy rounds completed",
+            C,
+            |p| f(p.sync_rounds),
+        )?;
+        per_peer(
+            e,
+            &st,
+            "meshkv_tree_walks",
+            "Digest-tree walks run",
+            C,
+            |p| f(p.walks),
+        )?;
+        per_peer(
+            e,
+            &st,
+            "meshkv_peer_connects",
+            "Connections established",
+            C,
+            |p| f(p.connects),
+        )?;
+        per_peer(
+            e,
+            &st,
+            "meshkv_peer_last_sync_timestamp_seconds",
+            "Unix time of the last good anti-entropy round",
+            G,
+            |p| (p.last_sync_ok_ms > 0).then(|| p.last_sync_ok_ms as f64 / 1e3),
+        )?;
+        Ok(())
+    }
+}
