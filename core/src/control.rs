@@ -22,6 +22,12 @@ pub enum ControlReq {
         /// How long to wait for the link.
         wait_ms: u64,
     },
+    /// Server: `id` is a cluster member that is down now (no address): keep what it
+    /// has not acknowledged.
+    Member {
+        /// The member server.
+        id: NodeId,
+    },
     /// Server: cut the link to `id` and refuse it until a `Peer` for it.
     Block {
         /// The peer server.

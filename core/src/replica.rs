@@ -19,9 +19,10 @@
 //! # Reads and the session check
 //! A client remembers, per key, the dot of the version it last wrote or read. A read
 //! carrying such a dependency is answered `Dep` (`ERR_DEP`) unless this server's
-//! context for the key covers the dot — even if the server holds a newer concurrent
-//! write, and even if it lacks the key. Only then is a missing value `Missing`
-//! (`ERR_KEY`). See [`Replica::read`].
+//! context for the key covers the dot (or its watermark does: then the write is held
+//! here, or was a delete whose tombstone has been dropped) — even if the server holds
+//! a newer concurrent write, and even if it lacks the key. Only then is a missing
+//! value `Missing` (`ERR_KEY`). See [`Replica::read`].
 //!
 //! # The write log and watermarks
 //! Every write dot this server has incorporated is recorded in the log `dot → key`.
@@ -92,6 +93,9 @@ pub struct Meta {
     pub seen: VersionVector,
     /// Log records up to `floor[o]` were dropped (or never held).
     pub floor: VersionVector,
+    /// Every other server known to be a member: log records and tombstones are kept
+    /// until each of them is known to hold them, across restarts too.
+    pub members: BTreeSet<NodeId>,
 }
 
 /// A mutation for the commit loop.
@@ -323,6 +327,9 @@ impl Replica {
         r.hlc.observe(meta.hlc);
         r.seen = meta.seen;
         r.floor = meta.floor;
+        for m in meta.members {
+            r.add_member(m);
+        }
         // Own watermark is the counter; extend others over logged dots.
         r.seen.raise(id, r.counter);
         let origins: Vec<NodeId> = r.log.keys().map(|d| d.origin).collect();
@@ -348,6 +355,7 @@ impl Replica {
             hlc: self.hlc.last(),
             seen: self.seen.clone(),
             floor: self.floor.clone(),
+            members: self.peers.keys().copied().collect(),
         }
     }
 
@@ -633,7 +641,10 @@ impl Replica {
         self.hlc.observe(seen_ts);
         let e = self.store.get(key);
         if let Some(d) = dep {
-            if !e.is_some_and(|e| e.covers(d)) {
+            // The key's context covers what was merged into it; the watermark covers
+            // the rest: every write up to it is held here or superseded — including a
+            // delete whose tombstone has since been dropped with its key.
+            if !e.is_some_and(|e| e.covers(d)) && !self.seen.covers(d) {
                 return ReadOutcome::Dep;
             }
         }
@@ -846,9 +857,10 @@ impl Replica {
     pub fn sync_next(&self, resp: &SyncResp) -> SyncNext {
         if resp.more {
             SyncNext::Again
-        } else if resp.fallback || (resp.seen.le(&self.seen) && resp.root != self.root()) {
-            // Either the log cannot serve us, or we hold every write the peer promises
-            // yet the stores differ: only the tree walk can settle it.
+        } else if resp.fallback || (resp.seen == self.seen && resp.root != self.root()) {
+            // Either the log cannot serve us, or we both promise exactly the same
+            // writes yet the stores differ: only the tree walk can settle it. (A peer
+            // that is merely behind us catches up through its own sync requests.)
             SyncNext::Walk
         } else {
             SyncNext::Done

@@ -366,6 +366,21 @@ impl Master {
                 addr: Some(addr),
             },
         );
+        // Servers that are down are still members: the new one must keep what they
+        // have not acknowledged (log records, tombstones) until they return.
+        let down: Vec<NodeId> = self
+            .servers
+            .iter()
+            .filter(|(s, slot)| **s != id && slot.proc.is_none())
+            .map(|(s, _)| *s)
+            .collect();
+        if let Some(p) = self.servers.get_mut(&id).and_then(|s| s.proc.as_mut()) {
+            for d in down {
+                if let Err(e) = p.call(ControlReq::Member { id: d }, CALL).await {
+                    eprintln!("joinServer {id}: could not announce member {d}: {e}");
+                }
+            }
+        }
         let others: Vec<NodeId> = self
             .live_servers()
             .into_iter()

@@ -88,6 +88,10 @@ pub async fn run_server(server: Server, http: Option<SocketAddr>) {
                     }
                     Err(e) => e,
                 },
+                ControlReq::Member { id } => {
+                    server.add_member(id);
+                    ControlResp::Ok
+                }
                 ControlReq::Block { id } => {
                     server.block(id);
                     ControlResp::Ok

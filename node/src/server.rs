@@ -172,6 +172,21 @@ fn now_ms() -> u64 {
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How far ahead of this machine's clock a client's "highest timestamp seen" may be.
+/// Without a bound, one forged token would drag the server's clock forward for good.
+pub const MAX_CLIENT_SKEW: Duration = Duration::from_secs(60);
+
+fn check_seen_ts(seen_ts: u64) -> Result<(), ServerError> {
+    let limit = meshkv_core::hlc::wall_micros() + MAX_CLIENT_SKEW.as_micros() as u64;
+    if seen_ts > limit {
+        return Err(ServerError::Invalid(format!(
+            "session timestamp {seen_ts} is more than {}s ahead of this server's clock",
+            MAX_CLIENT_SKEW.as_secs()
+        )));
+    }
+    Ok(())
+}
+
 impl Server {
     /// Open the store, bind the endpoint and start every background task.
     pub async fn start(opts: ServerOpts) -> Result<Server, ServerError> {
@@ -230,6 +245,11 @@ impl Server {
         self.sh.set_peer(id, addr)
     }
 
+    /// Record `id` as a member without connecting to it (it is down).
+    pub fn add_member(&self, id: NodeId) {
+        lock(&self.sh.replica).add_member(id);
+    }
+
     /// Cut the link to `id` and refuse it until [`Server::set_peer`].
     pub fn block(&self, id: NodeId) {
         self.sh.block(id)
@@ -269,6 +289,7 @@ impl Server {
         seen_ts: u64,
     ) -> Result<Outcome, ServerError> {
         self.check_key(&key)?;
+        check_seen_ts(seen_ts)?;
         if let Some(v) = &value {
             if v.len() > self.sh.opts.max_value {
                 return Err(ServerError::Invalid(format!(
@@ -298,6 +319,7 @@ impl Server {
         seen_ts: u64,
     ) -> Result<ReadOutcome, ServerError> {
         self.check_key(key)?;
+        check_seen_ts(seen_ts)?;
         self.sh.client_gets.fetch_add(1, Relaxed);
         Ok(lock(&self.sh.replica).read(key, dep, seen_ts))
     }

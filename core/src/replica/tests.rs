@@ -185,6 +185,17 @@ fn tombstones_are_dropped_only_when_everyone_holds_them_and_never_resurrect() {
     for id in [0, 1, 2] {
         assert!(c.nodes[&id].entry(b"k").is_none(), "dropped on {id}");
     }
+    // A client whose dependency is the (dropped) delete is satisfied, not ERR_DEP.
+    let mut s2 = Session::new();
+    let del_version = Version {
+        ts: 5_000_000,
+        dot: Dot::new(0, 2),
+    };
+    s2.wrote(b"k", del_version);
+    assert_eq!(
+        c.get(1, b"k", &mut s2),
+        ReadOutcome::Missing { version: None }
+    );
     // A stale echo of the old value does not bring the key back.
     let mut st = c.nodes.get_mut(&1).unwrap().stage(
         vec![Op::Apply {
