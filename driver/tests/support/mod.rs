@@ -27,7 +27,7 @@ pub const MASTER: &str = env!("CARGO_BIN_EXE_master");
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
-        .expect("master/ has a parent")
+        .expect("driver/ has a parent")
         .to_path_buf()
 }
 
