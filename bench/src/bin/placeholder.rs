@@ -1,1 +1,0 @@
-fn main() { println!("see bench/README.md"); }
