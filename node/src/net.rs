@@ -149,6 +149,10 @@ fn transport(tuning: &NetTuning) -> Result<Arc<quinn::TransportConfig>, NetError
     let idle = quinn::IdleTimeout::try_from(tuning.idle_timeout)
         .map_err(|e| NetError::Tuning(format!("idle_timeout {:?}: {e}", tuning.idle_timeout)))?;
     let mut t = quinn::TransportConfig::default();
+    // A cluster sits on one LAN (or loopback): quinn's default initial RTT of 333 ms
+    // would make a lost first Initial (a peer that was not listening yet) cost about a
+    // second before the retry.
+    t.initial_rtt(Duration::from_millis(20));
     t.keep_alive_interval(Some(tuning.keep_alive))
         .max_idle_timeout(Some(idle))
         .max_concurrent_bidi_streams(quinn::VarInt::from_u32(1024))
