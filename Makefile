@@ -1,10 +1,11 @@
 # meshkv — build, demo, tests, benchmarks.
 #   make          build release binaries and ./master
 #   make demo     start a demo cluster with ./master on scenarios/demo.txt
-#   make test     everything CI runs (format, lints, all tests)
+#   make test     format, lints, all tests (what CI runs first)
+#   make test-faults  the seed's fault suite on 4 emulated VMs (root; CI runs it too)
 CARGO ?= cargo
 
-.PHONY: all build demo test lint fmt bench-seed clean
+.PHONY: all build demo test test-faults lint fmt bench-seed clean
 
 all: build
 
@@ -23,6 +24,10 @@ lint:
 
 test: build lint
 	$(CARGO) test --release --workspace
+
+# Needs root, iproute2, iptables (or nftables), openssh-server/client.
+test-faults: build
+	bash vm-setup/ci-faults.sh
 
 fmt:
 	$(CARGO) fmt --all
