@@ -54,8 +54,13 @@
 //!    changed — blobs first, so a durable log never points at a lost blob;
 //! 2. `fsync`s `db`, sled's single data file (log segments, batch manifests, the
 //!    metadata page);
-//! 3. `fsync`s the data directory (cheap when nothing changed; makes snapshot renames and
-//!    the first creation of `conf`/`db`/`blobs` durable).
+//! 3. `fsync`s the data directory when its listing (names and inode numbers, read with
+//!    one `getdents`) differs from the listing at its last fsync: that makes snapshot
+//!    renames and removals and the first creation of `conf`/`db`/`blobs` durable. An
+//!    unchanged listing means no entry was created, removed or renamed over since the
+//!    directory was last fsynced (a temporary created and removed in between needs no
+//!    sync), so the fsync is skipped: on ext4 it cost ~150 µs per batch even with
+//!    nothing to write (docs/performance.md).
 //!
 //! This is enough because `fsync` works on the inode, not the descriptor: calling it on
 //! any open descriptor of a file writes back *all* dirty pages of that file (including
@@ -669,6 +674,9 @@ fn fsync_path(path: &Path) -> std::io::Result<()> {
 /// The real syncer: fsyncs sled's files and directories (see the module docs).
 struct FsSyncer {
     dir: File,
+    dir_path: PathBuf,
+    /// The data directory's entries (name, inode) when it was last fsynced.
+    synced_listing: Vec<(OsString, u64)>,
     db: File,
     blobs_path: PathBuf,
     blobs: File,
@@ -685,6 +693,8 @@ impl FsSyncer {
         let blobs_path = dir.join("blobs");
         let mut s = FsSyncer {
             dir: open(dir.to_path_buf())?,
+            dir_path: dir.to_path_buf(),
+            synced_listing: Vec::new(),
             db: open(dir.join("db"))?,
             blobs: open(blobs_path.clone())?,
             blobs_path,
@@ -739,7 +749,27 @@ impl Syncer for FsSyncer {
             self.blobs.sync_all()?;
         }
         self.db.sync_all()?;
-        self.dir.sync_all()
+        let listing = self.listing()?;
+        if listing != self.synced_listing {
+            self.dir.sync_all()?;
+            self.synced_listing = listing;
+        }
+        Ok(())
+    }
+}
+
+impl FsSyncer {
+    /// The data directory's entries as (name, inode), sorted; read before the fsync
+    /// that covers them, so a change made after the listing is seen next time.
+    fn listing(&self) -> std::io::Result<Vec<(OsString, u64)>> {
+        use std::os::unix::fs::DirEntryExt;
+        let mut v = Vec::with_capacity(self.synced_listing.len().max(8));
+        for ent in std::fs::read_dir(&self.dir_path)? {
+            let ent = ent?;
+            v.push((ent.file_name(), ent.ino()));
+        }
+        v.sort_unstable();
+        Ok(v)
     }
 }
 
@@ -861,6 +891,34 @@ mod tests {
         assert!(syncer.sync_blobs().unwrap(), "a blob went away");
         assert_eq!(syncer.synced_blobs.len(), 1);
         syncer.sync().unwrap();
+    }
+
+    #[test]
+    fn real_syncer_tracks_the_directory_listing() {
+        let t = tmp();
+        let dir = t.path().join("data");
+        let (s, _) = Storage::open(&dir, 1, 1 << 20, Limits::default()).unwrap();
+        drop(s);
+        let mut syncer = FsSyncer::new(&dir).unwrap();
+        let at_open = syncer.synced_listing.clone();
+        assert!(at_open.iter().any(|(n, _)| n == "db"), "{at_open:?}");
+        syncer.sync().unwrap();
+        assert_eq!(syncer.synced_listing, at_open, "nothing changed");
+        // A snapshot-like rename over an existing name changes the inode: seen.
+        let snap = dir.join("snap.0001");
+        std::fs::write(&snap, b"a").unwrap();
+        syncer.sync().unwrap();
+        let with_snap = syncer.synced_listing.clone();
+        assert_eq!(with_snap.len(), at_open.len() + 1);
+        let tmp_snap = dir.join("snap.0001.generating");
+        std::fs::write(&tmp_snap, b"b").unwrap();
+        std::fs::rename(&tmp_snap, &snap).unwrap();
+        syncer.sync().unwrap();
+        assert_eq!(syncer.synced_listing.len(), with_snap.len());
+        assert_ne!(syncer.synced_listing, with_snap, "rename over is a change");
+        std::fs::remove_file(&snap).unwrap();
+        syncer.sync().unwrap();
+        assert_eq!(syncer.synced_listing, at_open);
     }
 
     #[test]

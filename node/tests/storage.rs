@@ -144,12 +144,20 @@ fn persist_syncs_once_per_non_empty_batch_before_returning() {
     let st = r.stage(vec![], 300);
     assert!(st.is_empty());
     s.persist(&st).unwrap();
-    // A member that never reported its watermarks blocks trimming: nothing to do.
+    assert_eq!(calls.load(Ordering::SeqCst), 2, "empty batches do not sync");
+    // A new member is part of the metadata: written and synced before anything is
+    // trimmed on its account.
     r.add_member(2);
     let st = r.stage(vec![Op::Trim], 300);
     assert!(st.is_empty());
     s.persist(&st).unwrap();
-    assert_eq!(calls.load(Ordering::SeqCst), 2, "empty batches do not sync");
+    assert_eq!(calls.load(Ordering::SeqCst), 3, "membership change synced");
+    r.commit(st);
+    // It never reported its watermarks, so it blocks trimming: nothing to do.
+    let st = r.stage(vec![Op::Trim], 300);
+    assert!(st.is_empty());
+    s.persist(&st).unwrap();
+    assert_eq!(calls.load(Ordering::SeqCst), 3, "empty batches do not sync");
     r.commit(st);
 
     // Only the metadata changed (adopted watermarks): written and synced.
@@ -157,12 +165,12 @@ fn persist_syncs_once_per_non_empty_batch_before_returning() {
     let st = r.stage(vec![Op::Adopt { seen }], 400);
     assert!(st.is_empty());
     s.persist(&st).unwrap();
-    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    assert_eq!(calls.load(Ordering::SeqCst), 4);
     r.commit(st);
 
     let stats = s.stats();
-    assert_eq!(stats.batches, 3);
-    assert_eq!(stats.fsyncs, 3);
+    assert_eq!(stats.batches, 4);
+    assert_eq!(stats.fsyncs, 4);
     drop(s);
     let (_, r2) = open(t.path(), 1);
     assert_eq!(r2.seen().get(9), 4);
