@@ -754,3 +754,47 @@ impl Master {
 async fn futures_join_all<F: std::future::Future>(futs: Vec<F>) -> Vec<F::Output> {
     futures::future::join_all(futs).await
 }
+
+/// A server's traffic counters summed over its peers, read from its status JSON (see
+/// `meshkv_node::server::PeerStatus`): what catch-up tests and benchmarks measure.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Traffic {
+    /// Bytes received from peers on all streams.
+    pub bytes_received: u64,
+    /// Bytes sent to peers on all streams.
+    pub bytes_sent: u64,
+    /// Bytes of sync answers and tree-walk fetches received.
+    pub catchup_bytes_received: u64,
+    /// Keys received through catch-up.
+    pub catchup_keys_received: u64,
+    /// Eager pushes received.
+    pub pushes_received: u64,
+    /// Tree walks this server ran.
+    pub walks: u64,
+}
+
+/// Sum a status's per-peer counters.
+pub fn traffic(status: &serde_json::Value) -> Traffic {
+    let mut t = Traffic::default();
+    for p in status["peers"].as_array().into_iter().flatten() {
+        let n = |f: &str| p[f].as_u64().unwrap_or(0);
+        t.bytes_received += n("bytes_received");
+        t.bytes_sent += n("bytes_sent");
+        t.catchup_bytes_received += n("catchup_bytes_received");
+        t.catchup_keys_received += n("catchup_keys_received");
+        t.pushes_received += n("pushes_received");
+        t.walks += n("walks");
+    }
+    t
+}
+
+/// Tree walks that the status's server ran against `peer`.
+pub fn walks_against(status: &serde_json::Value, peer: NodeId) -> u64 {
+    status["peers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["id"].as_u64() == Some(peer))
+        .map(|p| p["walks"].as_u64().unwrap_or(0))
+        .sum()
+}

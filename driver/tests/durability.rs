@@ -51,7 +51,7 @@ use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 use meshkv_core::{Dot, Limits, NodeId};
-use meshkv_master::cluster::{Master, MasterOpts};
+use meshkv_master::cluster::{traffic, walks_against, Master, MasterOpts};
 use meshkv_master::script::Command;
 use meshkv_node::client::{Client, GetReply};
 use meshkv_node::net::NetTuning;
@@ -325,42 +325,6 @@ where
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-/// Per-server traffic counters from a status, summed over its peers.
-#[derive(Debug, Default, Clone, Copy)]
-struct Traffic {
-    bytes_received: u64,
-    bytes_sent: u64,
-    catchup_bytes_received: u64,
-    catchup_keys_received: u64,
-    pushes_received: u64,
-    walks: u64,
-}
-
-fn traffic(status: &Value) -> Traffic {
-    let mut t = Traffic::default();
-    for p in status["peers"].as_array().into_iter().flatten() {
-        let n = |f: &str| p[f].as_u64().unwrap_or(0);
-        t.bytes_received += n("bytes_received");
-        t.bytes_sent += n("bytes_sent");
-        t.catchup_bytes_received += n("catchup_bytes_received");
-        t.catchup_keys_received += n("catchup_keys_received");
-        t.pushes_received += n("pushes_received");
-        t.walks += n("walks");
-    }
-    t
-}
-
-/// Walks that `status`'s server ran against peer `peer`.
-fn walks_against(status: &Value, peer: NodeId) -> u64 {
-    status["peers"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|p| p["id"].as_u64() == Some(peer))
-        .map(|p| p["walks"].as_u64().unwrap_or(0))
-        .sum()
 }
 
 /// Write `items` through `tasks` concurrent clients (ids from `first_cid`); task `t`

@@ -21,7 +21,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::Parser;
 use hdrhistogram::Histogram;
 use meshkv_core::NodeId;
-use meshkv_master::cluster::{find_node_binary, Master, MasterOpts};
+use meshkv_master::cluster::{find_node_binary, traffic, walks_against, Master, MasterOpts};
 use meshkv_master::script::Command;
 use meshkv_node::client::Client;
 use meshkv_node::net::NetTuning;
@@ -154,38 +154,6 @@ impl Cluster {
     async fn shutdown(mut self) {
         self.master.shutdown().await;
     }
-}
-
-#[derive(Default, Clone, Copy, Debug)]
-struct Traffic {
-    bytes_received: u64,
-    catchup_bytes_received: u64,
-    catchup_keys_received: u64,
-    pushes_received: u64,
-    walks: u64,
-}
-
-fn traffic(status: &Value) -> Traffic {
-    let mut t = Traffic::default();
-    for p in status["peers"].as_array().into_iter().flatten() {
-        let n = |f: &str| p[f].as_u64().unwrap_or(0);
-        t.bytes_received += n("bytes_received");
-        t.catchup_bytes_received += n("catchup_bytes_received");
-        t.catchup_keys_received += n("catchup_keys_received");
-        t.pushes_received += n("pushes_received");
-        t.walks += n("walks");
-    }
-    t
-}
-
-fn walks_against(status: &Value, peer: NodeId) -> u64 {
-    status["peers"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|p| p["id"].as_u64() == Some(peer))
-        .map(|p| p["walks"].as_u64().unwrap_or(0))
-        .sum()
 }
 
 fn padded(tag: &str, len: usize) -> Vec<u8> {
