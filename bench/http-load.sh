@@ -10,6 +10,8 @@
 # Needs python3 (to reserve free UDP ports for the QUIC mesh). Not run by the tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 
 SECONDS_PER_PHASE=${SECONDS_PER_PHASE:-5}
 CONNECTIONS=${CONNECTIONS:-1,64}
@@ -21,75 +23,17 @@ cargo build --release -q -p meshkv-bench --bin http_load
 BIN=target/release
 
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/meshkv-http-load.XXXXXX")
-PIDS=()
 cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+    bench_stop_all
     if [ "${KEEP:-0}" = 1 ]; then echo "kept $TMP"; else rm -rf "$TMP"; fi
 }
 trap cleanup EXIT INT TERM
 
-"$BIN/meshkv" certs init --dir "$TMP/certs" --servers 0,1,2 2>/dev/null
+bench_start_meshkv "$TMP" "$BIN"
+echo "cluster: $BENCH_ENDPOINTS (temp dir $TMP)"
 
-# Three distinct free UDP ports on 127.0.0.1 for QUIC (held together, then released).
-read -r Q0 Q1 Q2 < <(python3 -c '
-import socket
-s = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(3)]
-for x in s: x.bind(("127.0.0.1", 0))
-print(*[x.getsockname()[1] for x in s])
-')
-QUIC=("$Q0" "$Q1" "$Q2")
-
-for i in 0 1 2; do
-    {
-        echo "id = $i"
-        echo "data_dir = \"data$i\""
-        echo "quic_listen = \"127.0.0.1:${QUIC[$i]}\""
-        echo "http_listen = \"127.0.0.1:0\""
-        echo "[certs]"
-        echo "dir = \"certs\""
-        for p in 0 1 2; do
-            echo "[[peers]]"
-            echo "id = $p"
-            echo "addr = \"127.0.0.1:${QUIC[$p]}\""
-        done
-    } > "$TMP/node$i.toml"
-done
-
-for i in 0 1 2; do
-    MESHKV_LOG=warn "$BIN/meshkv" serve --config "$TMP/node$i.toml" \
-        > "$TMP/node$i.out" 2> "$TMP/node$i.log" &
-    PIDS+=("$!")
-done
-
-ENDPOINTS=()
-for i in 0 1 2; do
-    url=""
-    for _ in $(seq 1 100); do
-        url=$(sed -n 's/.* http=\([^ ]*\).*/\1/p' "$TMP/node$i.out" | head -n 1)
-        [ -n "$url" ] && break
-        sleep 0.1
-    done
-    if [ -z "$url" ]; then
-        echo "node $i did not start:" >&2
-        cat "$TMP/node$i.log" >&2
-        exit 1
-    fi
-    ENDPOINTS+=("$url")
-done
-EPS=$(IFS=,; echo "${ENDPOINTS[*]}")
-echo "cluster: $EPS (temp dir $TMP)"
-
-# Wait until every server has both links up.
-for url in "${ENDPOINTS[@]}"; do
-    for _ in $(seq 1 100); do
-        "$BIN/meshkv" status --endpoints "$url" 2>/dev/null | grep -q 'peers_up=2/2' && break
-        sleep 0.1
-    done
-done
-
-"$BIN/http_load" --endpoints "$EPS" --connections "$CONNECTIONS" \
+"$BIN/http_load" --endpoints "$BENCH_ENDPOINTS" --connections "$CONNECTIONS" \
     --seconds "$SECONDS_PER_PHASE" --keys "$KEYS" --value-size "$VALUE_SIZE"
 
 echo
-"$BIN/meshkv" status --endpoints "$EPS"
+"$BIN/meshkv" status --endpoints "$BENCH_ENDPOINTS"
