@@ -6,12 +6,12 @@
 
 use anyhow::{anyhow, bail, Result};
 use std::io::{BufRead, BufReader, Write};
-use std::net::{TcpListener, UdpSocket};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use meshkv_node::pki::{self, Identity};
+mod support;
 
 const BIN: &str = env!("CARGO_BIN_EXE_meshkv");
 
@@ -44,31 +44,12 @@ fn cluster_with(peers: &[Vec<u64>], http: &str, files: &[(&str, &str)]) -> Resul
         std::fs::write(dir.path().join(name), text)?;
     }
     let n = peers.len() as u64;
-    let mut who: Vec<Identity> = (0..n).map(Identity::server).collect();
-    who.push(Identity::client(100));
-    pki::write_cluster_certs(&dir.path().join("certs"), &who)?;
-    let socks: Vec<UdpSocket> = (0..n)
-        .map(|_| UdpSocket::bind("127.0.0.1:0"))
-        .collect::<Result<_, _>>()?;
-    let ports: Vec<u16> = socks
-        .iter()
-        .map(|s| s.local_addr().map(|a| a.port()))
-        .collect::<Result<_, _>>()?;
-    drop(socks);
+    support::write_certs(dir.path(), n)?;
+    let ports = support::reserve_udp_ports(n)?;
     let mut procs = Vec::new();
     let mut urls = Vec::new();
     for (i, ps) in peers.iter().enumerate() {
-        let mut text = format!(
-            "id = {i}\ndata_dir = \"data{i}\"\nquic_listen = \"127.0.0.1:{}\"\nhttp_listen = \"127.0.0.1:0\"\n[certs]\ndir = \"certs\"\n",
-            ports[i]
-        );
-        for &p in ps {
-            text.push_str(&format!(
-                "[[peers]]\nid = {p}\naddr = \"127.0.0.1:{}\"\n",
-                ports[p as usize]
-            ));
-        }
-        text.push_str(&format!("[http]\n{http}\n"));
+        let text = support::server_config(i as u64, &ports, ps, http, "");
         let config = dir.path().join(format!("node{i}.toml"));
         std::fs::write(&config, text)?;
         let log = std::fs::File::create(dir.path().join(format!("node{i}.log")))?;

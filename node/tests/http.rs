@@ -13,10 +13,12 @@ use meshkv_node::cli::{tls_config, Endpoint, HttpClient, Reply};
 use meshkv_node::http::{encode_key, format_version, parse_version};
 use meshkv_node::pki::{self, Ca, Identity};
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpStream, UdpSocket};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+mod support;
 
 const AFTER: &str = "x-meshkv-after";
 const WAIT: &str = "x-meshkv-wait-ms";
@@ -64,33 +66,13 @@ impl Cluster {
     fn new(cfgs: &[NodeCfg]) -> Result<Cluster> {
         let dir = tempfile::tempdir()?;
         let n = cfgs.len() as u64;
-        let mut who: Vec<Identity> = (0..n).map(Identity::server).collect();
-        who.push(Identity::client(100));
-        pki::write_cluster_certs(&dir.path().join("certs"), &who)?;
-        // Hold every socket until all ports are known, so they are distinct.
-        let socks: Vec<UdpSocket> = (0..n)
-            .map(|_| UdpSocket::bind("127.0.0.1:0"))
-            .collect::<Result<_, _>>()?;
-        let ports: Vec<u16> = socks
-            .iter()
-            .map(|s| s.local_addr().map(|a| a.port()))
-            .collect::<Result<_, _>>()?;
-        drop(socks);
+        support::write_certs(dir.path(), n)?;
+        let ports = support::reserve_udp_ports(n)?;
         let mut nodes = Vec::new();
         for (i, c) in cfgs.iter().enumerate() {
             let id = i as u64;
             let peers = c.peers.clone().unwrap_or_else(|| (0..n).collect());
-            let mut text = format!(
-                "id = {id}\ndata_dir = \"data{id}\"\nquic_listen = \"127.0.0.1:{}\"\nhttp_listen = \"127.0.0.1:0\"\n\n[certs]\ndir = \"certs\"\n\n",
-                ports[i]
-            );
-            for p in peers {
-                text.push_str(&format!(
-                    "[[peers]]\nid = {p}\naddr = \"127.0.0.1:{}\"\n\n",
-                    ports[p as usize]
-                ));
-            }
-            text.push_str(&format!("[http]\n{}\n\n[limits]\n{}\n", c.http, c.limits));
+            let text = support::server_config(id, &ports, &peers, &c.http, &c.limits);
             let config = dir.path().join(format!("node{id}.toml"));
             std::fs::write(&config, text)?;
             nodes.push(Node {
