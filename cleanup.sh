@@ -41,8 +41,8 @@ else
   for f in "$runs"/*; do
     master_pid=$(basename "$f")
     run_dir=$(head -n1 "$f" 2>/dev/null || true)
-    kill_pid "$master_pid"
     [ -n "$run_dir" ] && kill_run_dir "$run_dir"
+    kill_pid "$master_pid"
     rm -f "$f"
   done
 fi
