@@ -65,7 +65,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use axum::Router;
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use meshkv_core::{Dot, Outcome, ReadOutcome, Version};
 use rustls::pki_types::pem::PemObject;
@@ -808,6 +808,9 @@ async fn kv(State(app): State<Shared>, req: Request) -> Response {
 
 async fn read_body(app: &App, req: Request) -> Result<Vec<u8>, Response> {
     let max = app.opts.max_value;
+    // An oversized body is still read (and dropped) up to this much, so that a client
+    // that is still sending it gets to read our 413 instead of a reset connection.
+    let drain_cap = max.saturating_mul(2).clamp(8 << 20, 64 << 20);
     let too_big = || {
         reason(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -816,7 +819,7 @@ async fn read_body(app: &App, req: Request) -> Result<Vec<u8>, Response> {
     };
     if let Some(len) = req.headers().get(header::CONTENT_LENGTH) {
         match len.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok()) {
-            Some(n) if n > max as u64 => return Err(too_big()),
+            Some(n) if n > drain_cap as u64 => return Err(too_big()),
             Some(_) => {}
             None => {
                 return Err(reason(
@@ -826,29 +829,45 @@ async fn read_body(app: &App, req: Request) -> Result<Vec<u8>, Response> {
             }
         }
     }
-    let body = Limited::new(req.into_body(), max);
-    match tokio::time::timeout(app.opts.body_timeout, body.collect()).await {
-        Err(_) => Err(reason(
-            StatusCode::REQUEST_TIMEOUT,
-            &format!(
-                "request body not received within {} ms",
-                app.opts.body_timeout.as_millis()
-            ),
-        )),
-        Ok(Err(e)) => {
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some()
-            {
-                Err(too_big())
-            } else {
-                Err(reason(
+    let deadline = tokio::time::Instant::now() + app.opts.body_timeout;
+    let mut body = req.into_body();
+    let mut value = Vec::new();
+    let mut received = 0usize;
+    loop {
+        match tokio::time::timeout_at(deadline, body.frame()).await {
+            Err(_) => {
+                return Err(reason(
+                    StatusCode::REQUEST_TIMEOUT,
+                    &format!(
+                        "request body not received within {} ms",
+                        app.opts.body_timeout.as_millis()
+                    ),
+                ))
+            }
+            Ok(None) => break,
+            Ok(Some(Err(e))) => {
+                return Err(reason(
                     StatusCode::BAD_REQUEST,
                     &format!("incomplete request body: {e}"),
                 ))
             }
+            Ok(Some(Ok(frame))) => {
+                if let Ok(data) = frame.into_data() {
+                    received += data.len();
+                    if received > drain_cap {
+                        return Err(too_big());
+                    }
+                    if received <= max {
+                        value.extend_from_slice(&data);
+                    }
+                }
+            }
         }
-        Ok(Ok(c)) => Ok(c.to_bytes().to_vec()),
     }
+    if received > max {
+        return Err(too_big());
+    }
+    Ok(value)
 }
 
 enum Waited {
