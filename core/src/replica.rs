@@ -234,6 +234,18 @@ pub struct SyncItem {
     pub dots: Vec<Dot>,
 }
 
+impl SyncItem {
+    /// The op that merges this item, received from peer `from`.
+    pub fn into_op(self, from: NodeId) -> Op {
+        Op::Apply {
+            key: self.key,
+            entry: self.entry,
+            dots: self.dots,
+            from: Some(from),
+        }
+    }
+}
+
 /// A sync answer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SyncResp {
@@ -844,12 +856,7 @@ impl Replica {
         self.note_peer_seen(from, &resp.seen);
         resp.items
             .iter()
-            .map(|it| Op::Apply {
-                key: it.key.clone(),
-                entry: it.entry.clone(),
-                dots: it.dots.clone(),
-                from: Some(from),
-            })
+            .map(|it| it.clone().into_op(from))
             .collect()
     }
 

@@ -256,26 +256,10 @@ impl SimCluster {
         let got = self.nodes[&b].entries(&fetch);
         let gave = self.nodes[&a].entries(&give);
         self.synced_items += got.len() + gave.len();
-        let mut ops: Vec<Op> = got
-            .into_iter()
-            .map(|it| Op::Apply {
-                key: it.key,
-                entry: it.entry,
-                dots: it.dots,
-                from: Some(b),
-            })
-            .collect();
+        let mut ops: Vec<Op> = got.into_iter().map(|it| it.into_op(b)).collect();
         ops.push(Op::Adopt { seen: b_seen });
         self.run(a, ops);
-        let ops_b: Vec<Op> = gave
-            .into_iter()
-            .map(|it| Op::Apply {
-                key: it.key,
-                entry: it.entry,
-                dots: it.dots,
-                from: Some(a),
-            })
-            .collect();
+        let ops_b: Vec<Op> = gave.into_iter().map(|it| it.into_op(a)).collect();
         self.run(b, ops_b);
     }
 

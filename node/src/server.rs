@@ -967,15 +967,7 @@ impl Shared {
                 };
                 st.catchup_keys_received
                     .fetch_add(items.len() as u64, Relaxed);
-                let ops: Vec<Op> = items
-                    .into_iter()
-                    .map(|it| Op::Apply {
-                        key: it.key,
-                        entry: it.entry,
-                        dots: it.dots,
-                        from: Some(id),
-                    })
-                    .collect();
+                let ops: Vec<Op> = items.into_iter().map(|it| it.into_op(id)).collect();
                 self.commit(ops).await.map_err(|e| e.to_string())?;
             }
             let gifts = lock(&self.replica).entries(&give);
