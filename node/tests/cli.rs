@@ -5,7 +5,7 @@
 //! traffic only to 127.0.0.1, every process killed by pid (the `Proc` guard).
 
 use anyhow::{anyhow, bail, Result};
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -52,31 +52,10 @@ fn cluster_with(peers: &[Vec<u64>], http: &str, files: &[(&str, &str)]) -> Resul
         let text = support::server_config(i as u64, &ports, ps, http, "");
         let config = dir.path().join(format!("node{i}.toml"));
         std::fs::write(&config, text)?;
-        let log = std::fs::File::create(dir.path().join(format!("node{i}.log")))?;
-        let mut child = Command::new(BIN)
-            .arg("serve")
-            .arg("--config")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log))
-            .env("MESHKV_LOG", "warn")
-            .spawn()?;
-        let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+        let (child, line) =
+            support::spawn_serve(&config, &dir.path().join(format!("node{i}.log")))?;
         procs.push(Proc(child));
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let line = rx
-            .recv_timeout(Duration::from_secs(30))
-            .map_err(|_| anyhow!("node {i} did not start"))?;
-        let url = line
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("http="))
-            .ok_or_else(|| anyhow!("node {i} printed {line:?}"))?;
+        let url = support::http_url(&line).ok_or_else(|| anyhow!("node {i} printed {line:?}"))?;
         urls.push(url.to_string());
     }
     Ok(Cluster { dir, procs, urls })

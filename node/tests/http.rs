@@ -12,7 +12,7 @@ use meshkv_core::Version;
 use meshkv_node::cli::{tls_config, Endpoint, HttpClient, Reply};
 use meshkv_node::http::{encode_key, format_version, parse_version};
 use meshkv_node::pki::{self, Ca, Identity};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -93,36 +93,13 @@ impl Cluster {
     /// Start node `i` and wait for its "serving" line.
     fn start(&mut self, i: usize) -> Result<Endpoint> {
         let node = &mut self.nodes[i];
-        let log = std::fs::File::create(self.dir.path().join(format!("node{}.log", node.id)))?;
-        let mut child = Command::new(env!("CARGO_BIN_EXE_meshkv"))
-            .arg("serve")
-            .arg("--config")
-            .arg(&node.config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log))
-            .env("MESHKV_LOG", "warn")
-            .spawn()?;
-        let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+        let log = self.dir.path().join(format!("node{}.log", node.id));
+        let (child, line) = support::spawn_serve(&node.config, &log)?;
         let guard = Proc { child };
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let line = rx
-            .recv_timeout(Duration::from_secs(30))
-            .map_err(|_| anyhow!("node {} did not report its addresses", node.id))?;
-        let url = line
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("http="))
-            .ok_or_else(|| {
-                let log =
-                    std::fs::read_to_string(self.dir.path().join(format!("node{}.log", node.id)))
-                        .unwrap_or_default();
-                anyhow!("node {} printed {line:?}; log: {log}", node.id)
-            })?;
+        let url = support::http_url(&line).ok_or_else(|| {
+            let log = std::fs::read_to_string(&log).unwrap_or_default();
+            anyhow!("node {} printed {line:?}; log: {log}", node.id)
+        })?;
         if !line.contains(&format!("quic=127.0.0.1:{}", node.quic_port)) {
             bail!("node {} printed {line:?}", node.id);
         }
