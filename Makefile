@@ -24,6 +24,7 @@ lint:
 
 # `build` has just built target/release/meshkv, which the driver tests start.
 test: build lint
+	bash tests-shell/cleanup-test.sh
 	MESHKV_SKIP_NODE_BUILD=1 $(CARGO) test --release --workspace
 
 # Needs root, iproute2, iptables (or nftables), openssh-server/client.

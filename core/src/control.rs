@@ -33,6 +33,12 @@ pub enum ControlReq {
         /// The peer server.
         id: NodeId,
     },
+    /// Server: answer once a sync round has completed with every peer it was told of
+    /// (so it serves nothing stale), or `wait_ms` passed.
+    CaughtUp {
+        /// How long to wait.
+        wait_ms: u64,
+    },
     /// Server: digest root and counts (for `stabilize`).
     Digest,
     /// Server: every live key and value (for `printStore`).

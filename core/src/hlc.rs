@@ -8,6 +8,15 @@
 //! writes issued one after another on one machine are ordered by real time even on
 //! disconnected servers. The adapter persists the highest timestamp handed out with
 //! each batch, and a restarted server starts from it, so the clock never goes back.
+//!
+//! **The offset bound.** A timestamp from elsewhere (a peer's entry, a client's "highest
+//! seen") moves the clock only up to `wall + max_clock_offset` (500 ms by default, as
+//! CockroachDB's maximum clock offset): one server with a fast clock cannot drag the
+//! others' clocks ahead. Leads past the bound are counted and shown in status. A write
+//! still gets a timestamp above the key's current version and above what its client has
+//! seen (bounded by the highest timestamp the cluster has actually issued, so a forged
+//! token cannot either), so a causally later write to a key always wins — only that
+//! write is stamped ahead, not the clock. Nothing is ever refused for its timestamp.
 
 /// The clock state: the highest timestamp seen or handed out.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -35,6 +35,12 @@ pub enum PeerMsg {
         /// Write dots that produced the change.
         dots: Vec<Dot>,
     },
+    /// The first message on a new connection: the origin id of the sender's current
+    /// incarnation (so a write is not relayed back to its origin).
+    Hello {
+        /// The sender's incarnation.
+        rid: NodeId,
+    },
 }
 
 /// Requests on a server↔server bi stream.

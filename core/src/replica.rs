@@ -71,6 +71,9 @@ pub struct Limits {
     pub max_log: usize,
     /// Approximate byte budget of one sync response.
     pub sync_batch_bytes: usize,
+    /// The largest offset, in µs, by which a timestamp from a peer or a client may be
+    /// ahead of this server's wall clock and still move its clock (see [`crate::hlc`]).
+    pub max_clock_offset: u64,
 }
 
 impl Default for Limits {
@@ -78,6 +81,7 @@ impl Default for Limits {
         Limits {
             max_log: 4_000_000,
             sync_batch_bytes: 1 << 20,
+            max_clock_offset: 500_000,
         }
     }
 }
@@ -281,12 +285,27 @@ pub struct PeerView {
     pub links: BTreeSet<NodeId>,
     /// Its watermarks as last reported.
     pub seen: Option<VersionVector>,
+    /// The origin id of its current incarnation, once it said so.
+    pub rid: Option<NodeId>,
+}
+
+/// What the clock bound has refused (see [`crate::hlc`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ClockSkew {
+    /// Timestamps from peers or clients that were further ahead of the wall clock than
+    /// [`Limits::max_clock_offset`] and so did not move this server's clock.
+    pub ahead: u64,
+    /// The largest such lead seen, in µs.
+    pub max_ahead_micros: u64,
 }
 
 /// One server's replicated state.
 #[derive(Clone, Debug)]
 pub struct Replica {
     id: NodeId,
+    rid: NodeId,
+    max_ts: u64,
+    skew: ClockSkew,
     store: BTreeMap<Vec<u8>, Entry>,
     digest: DigestTree,
     hlc: crate::hlc::Hlc,
@@ -304,6 +323,9 @@ impl Replica {
     pub fn new(id: NodeId, limits: Limits) -> Self {
         Replica {
             id,
+            rid: id,
+            max_ts: 0,
+            skew: ClockSkew::default(),
             store: BTreeMap::new(),
             digest: DigestTree::new(),
             hlc: crate::hlc::Hlc::new(0),
@@ -317,34 +339,42 @@ impl Replica {
         }
     }
 
-    /// Rebuild a replica from persisted state (at start-up).
+    /// Rebuild a replica from persisted state (at start-up), as a new incarnation whose
+    /// writes carry the origin `rid` (see [`crate::version`]): a store is never trusted
+    /// to be the newest copy of itself (it may be a restored backup, or sled may have
+    /// dropped a damaged suffix), so the dots of earlier lives are left to the peers and
+    /// this life starts a fresh counter under a fresh origin. `wall` is the wall clock
+    /// in µs: entries' timestamps move the clock only up to `wall` plus the offset bound,
+    /// the clock's own persisted value (what this server handed out) in full.
     pub fn restore(
         id: NodeId,
+        rid: NodeId,
         limits: Limits,
         meta: Meta,
         entries: impl IntoIterator<Item = (Vec<u8>, Entry)>,
         log: impl IntoIterator<Item = (Dot, Vec<u8>)>,
+        wall: u64,
     ) -> Self {
         let mut r = Replica::new(id, limits);
+        r.rid = rid;
         for (k, e) in entries {
             r.digest.update(&k, 0, e.digest(&k));
-            r.hlc.observe(e.version.ts);
+            r.observe_bounded(e.version.ts, wall, false);
             if e.value.is_none() {
                 r.tombstones.insert(k.clone());
             }
             r.store.insert(k, e);
         }
         r.log = log.into_iter().collect();
-        r.counter = meta.counter;
         r.hlc.observe(meta.hlc);
         r.seen = meta.seen;
         r.floor = meta.floor;
         for m in meta.members {
             r.add_member(m);
         }
-        // Own watermark is the counter; extend others over logged dots.
-        r.seen.raise(id, r.counter);
-        let origins: Vec<NodeId> = r.log.keys().map(|d| d.origin).collect();
+        // Extend the persisted watermarks over logged dots (the log may hold dots that
+        // arrived out of order).
+        let origins: BTreeSet<NodeId> = r.log.keys().map(|d| d.origin).collect();
         for o in origins {
             let mut s = r.seen.get(o);
             while r.log.contains_key(&Dot::new(o, s + 1)) {
@@ -353,6 +383,50 @@ impl Replica {
             r.seen.raise(o, s);
         }
         r
+    }
+
+    /// A new, empty replica for server `id` whose writes carry the origin `rid`.
+    pub fn with_rid(id: NodeId, rid: NodeId, limits: Limits) -> Self {
+        let mut r = Replica::new(id, limits);
+        r.rid = rid;
+        r
+    }
+
+    /// The origin id of this incarnation: the `origin` of the dots it hands out.
+    pub fn rid(&self) -> NodeId {
+        self.rid
+    }
+
+    /// The highest timestamp of any version this server has stored or been shown by a
+    /// peer (unbounded: what the cluster has actually issued).
+    pub fn max_ts(&self) -> u64 {
+        self.max_ts
+    }
+
+    /// The clock-bound counters.
+    pub fn clock_skew(&self) -> ClockSkew {
+        self.skew
+    }
+
+    /// The hybrid clock's current value.
+    pub fn clock(&self) -> u64 {
+        self.hlc.last()
+    }
+
+    /// Let a timestamp from elsewhere move the clock, but never further than the offset
+    /// bound ahead of the wall clock; `count` records a refused lead.
+    fn observe_bounded(&mut self, ts: u64, wall: u64, count: bool) {
+        self.max_ts = self.max_ts.max(ts);
+        let bound = wall.saturating_add(self.limits.max_clock_offset);
+        if ts > bound {
+            if count {
+                self.skew.ahead += 1;
+                self.skew.max_ahead_micros = self.skew.max_ahead_micros.max(ts - wall);
+            }
+            self.hlc.observe(bound);
+        } else {
+            self.hlc.observe(ts);
+        }
     }
 
     /// This server's id.
@@ -389,10 +463,10 @@ impl Replica {
                     entry,
                     dots,
                     from,
-                } => self.stage_apply(&mut st, key, entry, dots, from),
+                } => self.stage_apply(&mut st, key, entry, dots, from, wall),
                 Op::Adopt { seen } => {
                     for (o, c) in seen.iter() {
-                        if o != self.id && c > st.meta.seen.get(o) {
+                        if o != self.rid && c > st.meta.seen.get(o) {
                             st.meta.seen.set(o, c);
                             st.meta.floor.raise(o, c);
                             self.extend(&mut st, o);
@@ -425,13 +499,20 @@ impl Replica {
         wall: u64,
     ) -> Outcome {
         let previous = self.current(st, &key).cloned();
-        self.hlc.observe(seen_ts);
-        if let Some(p) = &previous {
-            self.hlc.observe(p.version.ts);
-        }
-        let ts = self.hlc.tick(wall);
+        // A client cannot push the clock past what the cluster has issued (a forged
+        // token), nor, through the clock, past the offset bound.
+        let seen_ts = seen_ts.min(
+            self.max_ts
+                .max(wall.saturating_add(self.limits.max_clock_offset)),
+        );
+        self.observe_bounded(seen_ts, wall, true);
+        // This write follows everything the client saw and the key's current version,
+        // even when those are further ahead than the clock may move.
+        let floor = previous.as_ref().map_or(0, |p| p.version.ts).max(seen_ts);
+        let ts = self.hlc.tick(wall).max(floor.saturating_add(1));
+        self.max_ts = self.max_ts.max(ts);
         self.counter += 1;
-        let dot = Dot::new(self.id, self.counter);
+        let dot = Dot::new(self.rid, self.counter);
         let version = Version { ts, dot };
         let ctx = previous.as_ref().map(|p| p.ctx.clone()).unwrap_or_default();
         let entry = Entry::write(value, version, &ctx);
@@ -439,7 +520,7 @@ impl Replica {
         st.writes.insert(key.clone(), entry);
         st.log.push((dot, key.clone()));
         st.log_index.insert(dot);
-        st.meta.seen.set(self.id, self.counter);
+        st.meta.seen.set(self.rid, self.counter);
         let r = st.relay.entry(key).or_default();
         r.0.push(dot);
         r.1.insert(None);
@@ -453,8 +534,9 @@ impl Replica {
         entry: Entry,
         dots: Vec<Dot>,
         from: Option<NodeId>,
+        wall: u64,
     ) -> Outcome {
-        self.hlc.observe(entry.version.ts);
+        self.observe_bounded(entry.version.ts, wall, true);
         let changed = match self.current(st, &key) {
             Some(cur) if cur.subsumes(&entry) => false,
             Some(cur) => {
@@ -625,13 +707,13 @@ impl Replica {
                 .copied()
                 .filter(|t| !from.contains(&Some(*t)))
                 .filter(|t| {
-                    // Origins a target hears first-hand need no relay through us.
-                    let links = self.peers.get(t).map(|p| &p.links);
+                    // A write is relayed to every connected peer but the one it came
+                    // from and its origin. (Link announcements are not trusted to skip
+                    // a peer: a freshly cut link looks up until the idle timeout.)
+                    let rid = self.peers.get(t).and_then(|p| p.rid);
                     from.contains(&None)
                         || dots.is_empty()
-                        || dots.iter().any(|d| {
-                            d.origin != *t && !links.is_some_and(|l| l.contains(&d.origin))
-                        })
+                        || dots.iter().any(|d| Some(d.origin) != rid)
                 })
                 .collect();
             if targets.is_empty() {
@@ -649,8 +731,14 @@ impl Replica {
 
     /// Answer a read with the session check (see the module docs). `dep` is the dot of
     /// the version the client last wrote or read for this key.
-    pub fn read(&mut self, key: &[u8], dep: Option<Dot>, seen_ts: u64) -> ReadOutcome {
-        self.hlc.observe(seen_ts);
+    /// `seen_ts` (the highest timestamp the client has seen) moves the clock within the
+    /// offset bound of `wall`.
+    pub fn read(&mut self, key: &[u8], dep: Option<Dot>, seen_ts: u64, wall: u64) -> ReadOutcome {
+        let seen_ts = seen_ts.min(
+            self.max_ts
+                .max(wall.saturating_add(self.limits.max_clock_offset)),
+        );
+        self.observe_bounded(seen_ts, wall, true);
         let e = self.store.get(key);
         if let Some(d) = dep {
             // The key's context covers what was merged into it; the watermark covers
@@ -762,6 +850,13 @@ impl Replica {
             .filter(|(_, p)| p.connected)
             .map(|(id, _)| *id)
             .collect()
+    }
+
+    /// A peer told us the origin id of its current incarnation.
+    pub fn set_peer_rid(&mut self, id: NodeId, rid: NodeId) {
+        if id != self.id {
+            self.peers.entry(id).or_default().rid = Some(rid);
+        }
     }
 
     /// A peer told us which servers it is directly connected to.

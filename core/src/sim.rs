@@ -36,6 +36,7 @@ impl SimCluster {
             let mut r = Replica::new(id, limits.clone());
             for &o in ids {
                 r.add_member(o);
+                r.set_peer_rid(o, o);
             }
             nodes.insert(id, r);
         }
@@ -142,10 +143,11 @@ impl SimCluster {
     pub fn get(&mut self, at: NodeId, key: &[u8], s: &mut Session) -> ReadOutcome {
         let dep = s.dep(key);
         let seen = s.seen_ts();
+        let wall = self.wall;
         let Some(r) = self.nodes.get_mut(&at) else {
             return ReadOutcome::Dep;
         };
-        let out = r.read(key, dep, seen);
+        let out = r.read(key, dep, seen, wall);
         match &out {
             ReadOutcome::Found { version, .. } => s.read(key, *version),
             ReadOutcome::Missing {
@@ -191,6 +193,11 @@ impl SimCluster {
             PeerMsg::Links(l) => {
                 if let Some(r) = self.nodes.get_mut(&to) {
                     r.set_peer_links(from, l.into_iter().collect());
+                }
+            }
+            PeerMsg::Hello { rid } => {
+                if let Some(r) = self.nodes.get_mut(&to) {
+                    r.set_peer_rid(from, rid);
                 }
             }
         }

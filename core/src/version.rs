@@ -1,9 +1,16 @@
 //! Dots, versions and version vectors.
 //!
-//! * A **dot** `(origin, counter)` names one write uniquely: `origin` is the id of the
-//!   server that accepted the write and `counter` is that server's write counter, which
-//!   only ever grows and is persisted before a dot is handed out, so no two writes ever
-//!   carry the same dot, across restarts too.
+//! * A **dot** `(origin, counter)` names one write uniquely. `origin` is not a server id
+//!   but the id of one *incarnation* of a server (its `rid`): a random 64-bit number
+//!   drawn each time a server process starts, and `counter` counts that incarnation's
+//!   writes from 1. A server's data directory is never trusted to hold the newest state
+//!   of its own writes — it may have been wiped, restored from a backup, or cut short by
+//!   sled at a damaged record — so a restarted server never continues an old counter:
+//!   it leaves the dots of its earlier lives to whoever holds them (its peers send them
+//!   back by anti-entropy) and names its new writes under a fresh origin. Within one
+//!   incarnation the counter is persisted with the batch that uses it, so no two
+//!   writes ever carry the same dot. The cost: each restart adds one origin to the
+//!   watermark vectors (16 bytes each).
 //! * A **version** is a dot plus the write's hybrid-logical-clock timestamp. Versions are
 //!   totally ordered by `(ts, origin, counter)`; that order is the last-writer-wins order.
 //!   One origin stamps its writes with strictly increasing timestamps, so for one origin
@@ -23,9 +30,9 @@ pub type NodeId = u64;
 /// The unique name of one write: the origin server and its write counter (from 1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Dot {
-    /// The server that accepted the write.
+    /// The incarnation of the server that accepted the write (its `rid`).
     pub origin: NodeId,
-    /// That server's write counter at the write, starting at 1.
+    /// That incarnation's write counter at the write, starting at 1.
     pub counter: u64,
 }
 

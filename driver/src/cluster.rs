@@ -390,6 +390,21 @@ impl Master {
         for &o in &others {
             self.connect_servers(id, o).await;
         }
+        // Return only once it has caught up: it must not answer a client with
+        // something older than what its peers hold.
+        if !others.is_empty() {
+            if let Some(p) = self.servers.get_mut(&id).and_then(|s| s.proc.as_mut()) {
+                let req = ControlReq::CaughtUp {
+                    wait_ms: LINK_WAIT_MS,
+                };
+                match p.call(req, CALL).await {
+                    Ok(ControlResp::Ok) => {}
+                    Ok(ControlResp::Error(e)) => eprintln!("joinServer {id}: warning: {e}"),
+                    Ok(other) => eprintln!("joinServer {id}: unexpected answer {other:?}"),
+                    Err(e) => eprintln!("joinServer {id}: {e}"),
+                }
+            }
+        }
         // Clients that kept a link to this id use it again, at the new address.
         let ids: Vec<NodeId> = self
             .clients

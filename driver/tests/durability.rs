@@ -418,6 +418,7 @@ async fn writer(
     let mut known: Topology = topo.borrow_and_update().clone();
     let mut acked = BTreeMap::new();
     let mut acked_by = BTreeMap::new();
+    let mut origins = BTreeMap::new();
     let mut dots = Vec::new();
     let (mut attempts, mut failures) = (0, 0);
     let mut seq = 0u64;
@@ -448,9 +449,11 @@ async fn writer(
                 acked.insert(key.clone(), seq);
                 let by = acked_by.entry((server, key.clone())).or_insert(0);
                 *by = (*by).max(seq);
+                // An origin is one incarnation of one server: never shared.
+                let owner = *origins.entry(dot.origin).or_insert(server);
                 assert_eq!(
-                    dot.origin, server,
-                    "the write acknowledged by server {server} carries dot {dot}"
+                    owner, server,
+                    "the write acknowledged by server {server} carries dot {dot} of server {owner}"
                 );
                 dots.push((dot, key, value));
                 acks.fetch_add(1, Relaxed);
@@ -596,10 +599,12 @@ async fn kill9_body(c: &mut Cluster) {
     //    repaired it: all are down), and its write counter is past every dot it handed out.
     let mut problems = Vec::new();
     for &s in &KILL_SERVERS {
-        let (storage, replica) = Storage::open(&c.data_dir(s), s, 8 << 20, Limits::default())
-            .unwrap_or_else(|e| {
-                panic!("open the data directory of killed server {s}: {e}");
-            });
+        let (storage, replica) =
+            Storage::open(&c.data_dir(s), s, 1000 + s, 8 << 20, Limits::default()).unwrap_or_else(
+                |e| {
+                    panic!("open the data directory of killed server {s}: {e}");
+                },
+            );
         let mut checked = 0;
         for l in &logs {
             for ((by, key), seq) in &l.acked_by {

@@ -18,7 +18,9 @@
 //! # Failover
 //! Endpoints are tried in the order given. One that cannot be reached (connect
 //! error, TLS error, timeout, `503`) or that answers `412 ERR_DEP` (it has not caught
-//! up with the session) is skipped for the next. A request that broke after it was
+//! up with the session) is skipped for the next. When every endpoint answered and at
+//! least one said `503 ERR_NOT_READY` (catching up after a start), the round is tried
+//! again every 100 ms for up to 10 s. A request that broke after it was
 //! sent may have been applied: a retried `put` is then applied twice (same value).
 //!
 //! # Exit codes (see [`exit`])
@@ -696,27 +698,43 @@ impl Ctx {
         if let Some(v) = self.token(key) {
             headers.push((AFTER_HEADER, format_version(&v)));
         }
-        let mut deps = Vec::new();
-        let mut errs = Vec::new();
-        for ep in &self.endpoints {
-            match self
-                .client
-                .call(ep, method.clone(), &path, &headers, body.clone())
-                .await
-            {
-                Err(e) => errs.push(format!("{ep}: {e}")),
-                Ok(r) if r.status == 412 => deps.push(ep.url()),
-                Ok(r) if r.status == 503 => errs.push(format!("{ep}: 503 {}", r.line())),
-                Ok(r) => return Answer::Reply(ep.clone(), r),
+        // A server catching up after its start answers 503 ERR_NOT_READY with a
+        // retry hint: when that is all we hear, try the round again for a while.
+        let give_up = tokio::time::Instant::now() + NOT_READY_PATIENCE;
+        loop {
+            let mut deps = Vec::new();
+            let mut errs = Vec::new();
+            let mut not_ready = 0;
+            for ep in &self.endpoints {
+                match self
+                    .client
+                    .call(ep, method.clone(), &path, &headers, body.clone())
+                    .await
+                {
+                    Err(e) => errs.push(format!("{ep}: {e}")),
+                    Ok(r) if r.status == 412 => deps.push(ep.url()),
+                    Ok(r) if r.status == 503 => {
+                        if r.line().starts_with("ERR_NOT_READY") {
+                            not_ready += 1;
+                        }
+                        errs.push(format!("{ep}: 503 {}", r.line()))
+                    }
+                    Ok(r) => return Answer::Reply(ep.clone(), r),
+                }
             }
-        }
-        if deps.is_empty() {
-            Answer::Unreachable(errs)
-        } else {
-            Answer::Dep(deps)
+            if !deps.is_empty() {
+                return Answer::Dep(deps);
+            }
+            if not_ready == 0 || tokio::time::Instant::now() >= give_up {
+                return Answer::Unreachable(errs);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 }
+
+/// How long the CLI keeps retrying while every endpoint is still catching up.
+const NOT_READY_PATIENCE: Duration = Duration::from_secs(10);
 
 fn show(key: &[u8]) -> String {
     String::from_utf8_lossy(key).into_owned()

@@ -27,7 +27,8 @@
 //! header_timeout_ms = 10000             # request head (and TLS handshake) deadline: 408
 //! body_timeout_ms = 30000               # request body deadline: 408
 //! idle_timeout_ms = 60000               # idle keep-alive connections are closed
-//! max_connections = 4096
+//! max_connections = 4096                # when full, idle connections are shed for new ones
+//! max_connections_per_ip = 256          # per client address (IPv6: /64); more are closed
 //!
 //! [limits]
 //! max_key = 1024                        # bytes; 414 past it
@@ -137,8 +138,11 @@ pub struct Http {
     pub body_timeout_ms: u64,
     /// Idle keep-alive deadline.
     pub idle_timeout_ms: u64,
-    /// Open connections at most.
+    /// Open connections at most (when full, connections without a request in
+    /// progress are shed to make room for new ones).
     pub max_connections: usize,
+    /// Open connections per client address at most (IPv6: per /64).
+    pub max_connections_per_ip: usize,
 }
 
 impl Default for Http {
@@ -155,6 +159,7 @@ impl Default for Http {
             body_timeout_ms: 30_000,
             idle_timeout_ms: 60_000,
             max_connections: 4096,
+            max_connections_per_ip: 256,
         }
     }
 }
@@ -302,6 +307,7 @@ impl Config {
         o.body_timeout = Duration::from_millis(h.body_timeout_ms.max(1));
         o.idle_timeout = Duration::from_millis(h.idle_timeout_ms.max(1));
         o.max_connections = h.max_connections.max(1);
+        o.max_connections_per_ip = h.max_connections_per_ip.max(1);
         o.max_key = self.limits.max_key;
         o.max_value = self.limits.max_value;
         if let Some(f) = &h.bearer_token_file {
@@ -403,9 +409,9 @@ pub async fn serve(path: &Path) -> Result<(), String> {
     for p in cfg.peers.iter().filter(|p| p.id != cfg.id) {
         peers.push((p.id, resolve(&p.addr).await?));
     }
-    let server = Server::start(cfg.server_opts(tls))
-        .await
-        .map_err(|e| e.to_string())?;
+    let mut opts = cfg.server_opts(tls);
+    opts.peers = peers;
+    let server = Server::start(opts).await.map_err(|e| e.to_string())?;
     let http = match http::start(server.clone(), http_opts).await {
         Ok(h) => h,
         Err(e) => {
@@ -413,9 +419,6 @@ pub async fn serve(path: &Path) -> Result<(), String> {
             return Err(e.to_string());
         }
     };
-    for (id, addr) in peers {
-        server.set_peer(id, Some(addr));
-    }
     {
         use std::io::Write;
         let quic = server

@@ -88,6 +88,16 @@ pub async fn run_server(server: Server, http: Option<SocketAddr>) {
                     }
                     Err(e) => e,
                 },
+                ControlReq::CaughtUp { wait_ms } => {
+                    if server.wait_caught_up(Duration::from_millis(wait_ms)).await {
+                        ControlResp::Ok
+                    } else {
+                        ControlResp::Error(format!(
+                            "server {} did not complete a sync round with every peer in {wait_ms} ms",
+                            server.id()
+                        ))
+                    }
+                }
                 ControlReq::Member { id } => {
                     server.add_member(id);
                     ControlResp::Ok

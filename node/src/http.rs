@@ -7,7 +7,8 @@
 //! | `GET /kv/{key}` (and `HEAD`) | `200` + the value as the raw body; `404` + `ERR_KEY` when absent; `412` + `ERR_DEP` when this replica has not caught up with the request's session token |
 //! | `PUT /kv/{key}` + raw body | `200` + the previous value, or `201` (empty body) when there was none; durable on this server when answered |
 //! | `DELETE /kv/{key}` | writes a tombstone (replicated like a put): `200` + the previous value, or `204` when there was none |
-//! | `GET /health` | `200 ok` (never needs a token) |
+//! | `GET /health` (also `/health/live`) | `200 ok`: the process serves HTTP (never needs a token) |
+//! | `GET /health/ready` | `200 ready` once the server has caught up after its start (a sync round with every peer it can reach, or the catch-up timeout passed); `503` + `Retry-After` before. Until then `/kv` answers `503 ERR_NOT_READY` too |
 //! | `GET /status` | `200` + JSON: [`crate::server::Status`] plus `http` (this listener's address) |
 //! | `GET /metrics` | Prometheus/OpenMetrics text, see [`crate::metrics`] |
 //!
@@ -20,8 +21,8 @@
 //!
 //! * Every `GET` that finds a value or a tombstone, and every `PUT` and `DELETE`,
 //!   answers with `X-Meshkv-Version: <ts>.<origin>.<counter>`: the version of the value
-//!   read or written (hybrid-logical-clock microseconds, origin server, that server's
-//!   write counter). A `PUT`/`DELETE` that replaced something also carries
+//!   read or written (hybrid-logical-clock microseconds, origin — the incarnation of the
+//!   server that accepted the write — and that incarnation's write counter). A `PUT`/`DELETE` that replaced something also carries
 //!   `X-Meshkv-Previous-Version`.
 //! * A request may carry `X-Meshkv-After: <ts>.<origin>.<counter>`: the last version of
 //!   this key the client's session wrote or read (its causal token for the key, like
@@ -38,8 +39,9 @@
 //! * `X-Meshkv-Wait-Ms: N`: instead of answering `412` at once, wait up to `N` ms
 //!   (capped by the server's `max_wait_ms`, 10 s by default) for replication to catch
 //!   up, then answer (or `412` when the bound passes).
-//! * A malformed header value is a `400` with a one-line reason, and so is a token
-//!   whose timestamp is more than 60 s ahead of the server's clock.
+//! * A malformed header value is a `400` with a one-line reason. A token's timestamp is
+//!   never refused for being ahead of this server's clock: it moves the clock only
+//!   within the offset bound (`meshkv_core::hlc`).
 //!
 //! # Errors
 //!
@@ -70,16 +72,17 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use meshkv_core::{Dot, Outcome, ReadOutcome, Version};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use std::collections::{BTreeMap, HashMap};
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::Notify;
 
 /// Response header: the version read or written.
 pub const VERSION_HEADER: &str = "x-meshkv-version";
@@ -89,9 +92,6 @@ pub const PREVIOUS_VERSION_HEADER: &str = "x-meshkv-previous-version";
 pub const AFTER_HEADER: &str = "x-meshkv-after";
 /// Request header: how long to wait for replication instead of answering `ERR_DEP`.
 pub const WAIT_HEADER: &str = "x-meshkv-wait-ms";
-
-/// A token whose timestamp is further ahead of this server's wall clock is a `400`.
-pub const MAX_TOKEN_AHEAD_MICROS: u64 = 60_000_000;
 
 /// `<ts>.<origin>.<counter>`.
 pub fn format_version(v: &Version) -> String {
@@ -214,8 +214,14 @@ pub struct HttpOpts {
     pub body_timeout: Duration,
     /// An idle keep-alive connection is closed after this.
     pub idle_timeout: Duration,
-    /// Open connections at most (more wait in the accept backlog).
+    /// Open connections at most. When they are all open, a new connection takes the
+    /// slot of one with no request in progress (shed: closed), first of the oldest
+    /// one that has not sent a request yet, then of the one idle longest; only when
+    /// every connection is serving a request do new ones wait in the accept backlog.
     pub max_connections: usize,
+    /// Open connections per client address at most (IPv6: per /64); a connection
+    /// over it is closed at once.
+    pub max_connections_per_ip: usize,
     /// Largest key (bytes, decoded): `414` past it.
     pub max_key: usize,
     /// Largest value (bytes): `413` past it.
@@ -232,6 +238,8 @@ impl std::fmt::Debug for HttpOpts {
                 &self.bearer_token.as_ref().map(|_| "<redacted>"),
             )
             .field("max_wait", &self.max_wait)
+            .field("max_connections", &self.max_connections)
+            .field("max_connections_per_ip", &self.max_connections_per_ip)
             .field("max_key", &self.max_key)
             .field("max_value", &self.max_value)
             .finish_non_exhaustive()
@@ -250,6 +258,7 @@ impl HttpOpts {
             body_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(60),
             max_connections: 4096,
+            max_connections_per_ip: 256,
             max_key: 1024,
             max_value: 1 << 20,
         }
@@ -313,12 +322,10 @@ type Shared = Arc<App>;
 /// Bind the listener and serve `server` over HTTP in the background.
 pub async fn start(server: Server, opts: HttpOpts) -> Result<HttpServer, HttpError> {
     let tls = opts.tls.as_ref().map(acceptor).transpose()?;
-    let listener = TcpListener::bind(opts.listen)
-        .await
-        .map_err(|source| HttpError::Bind {
-            addr: opts.listen,
-            source,
-        })?;
+    let listener = listen(opts.listen).map_err(|source| HttpError::Bind {
+        addr: opts.listen,
+        source,
+    })?;
     let addr = listener.local_addr().map_err(|source| HttpError::Bind {
         addr: opts.listen,
         source,
@@ -379,21 +386,88 @@ fn acceptor(t: &HttpTls) -> Result<tokio_rustls::TlsAcceptor, HttpError> {
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
 }
 
+/// Accept backlog of the listener (the kernel caps it at `net.core.somaxconn`,
+/// 4096 by default since Linux 5.4). `TcpListener::bind` asks for 128 only: a burst of
+/// connections, a flood, outruns the accept loop of a busy server, and once the
+/// backlog is full the kernel drops new SYNs, every client's alike, each costing a
+/// 1 s retransmission.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Bind `addr` and listen with [`LISTEN_BACKLOG`] (`SO_REUSEADDR` on Unix, as
+/// `TcpListener::bind` does).
+fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    let sock = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    #[cfg(unix)]
+    sock.set_reuseaddr(true)?;
+    sock.bind(addr)?;
+    sock.listen(LISTEN_BACKLOG)
+}
+
 async fn accept_loop(listener: TcpListener, app: Shared, tls: Option<tokio_rustls::TlsAcceptor>) {
     let router = router(app.clone());
-    let slots = Arc::new(Semaphore::new(app.opts.max_connections.max(1)));
+    let conns = Conns::new(
+        app.opts.max_connections.max(1),
+        app.opts.max_connections_per_ip.max(1),
+    );
     loop {
-        let Ok(permit) = slots.clone().acquire_owned().await else {
-            return;
-        };
-        let (tcp, _peer) = match listener.accept().await {
+        // Every slot busy with a request (nothing to shed): leave new connections in
+        // the accept backlog until a slot frees up or a connection goes idle.
+        while !conns.has_room() {
+            conns.changed.notified().await;
+        }
+        let (tcp, peer) = match listener.accept().await {
             Ok(c) => c,
             Err(e) => {
-                // Out of file descriptors and the like: back off, keep serving.
-                tracing::warn!("HTTP accept: {e}");
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                // Out of file descriptors: make room by shedding a connection that has
+                // no request in progress, then retry; anything else: back off.
+                let out_of_fds =
+                    matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE));
+                match out_of_fds.then(|| conns.shed_one()).flatten() {
+                    Some(shed) => {
+                        tracing::debug!("HTTP accept: {e}; shed {shed}");
+                        app.metrics.connection_dropped(shed.class.reason());
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                    }
+                    None => {
+                        tracing::warn!("HTTP accept: {e}");
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
                 continue;
             }
+        };
+        let conn = loop {
+            match conns.admit(peer) {
+                Admit::Open(conn, shed) => {
+                    if let Some(shed) = shed {
+                        tracing::debug!(
+                            "HTTP: {} connections open, shed {shed} for {peer}",
+                            conns.max
+                        );
+                        app.metrics.connection_dropped(shed.class.reason());
+                    }
+                    break Some(conn);
+                }
+                Admit::OverIpLimit => {
+                    tracing::debug!(
+                        "HTTP: closed a connection from {peer}: its address already holds max_connections_per_ip = {}",
+                        conns.max_per_ip
+                    );
+                    app.metrics.connection_dropped(PER_IP_LIMIT);
+                    break None;
+                }
+                // The last sheddable connection started a request since the check
+                // above (rare): wait for room, holding this one.
+                Admit::Full => conns.changed.notified().await,
+            }
+        };
+        let Some(conn) = conn else {
+            drop(tcp);
+            continue;
         };
         let _ = tcp.set_nodelay(true);
         let router = router.clone();
@@ -401,40 +475,323 @@ async fn accept_loop(listener: TcpListener, app: Shared, tls: Option<tokio_rustl
         let tls = tls.clone();
         tokio::spawn(async move {
             app.metrics.connection(1);
-            match tls {
-                None => serve_conn(tcp, router, &app).await,
-                Some(acc) => {
-                    match tokio::time::timeout(app.opts.header_timeout, acc.accept(tcp)).await {
-                        Ok(Ok(s)) => serve_conn(s, router, &app).await,
-                        Ok(Err(e)) => tracing::debug!("HTTP TLS handshake: {e}"),
-                        Err(_) => tracing::debug!("HTTP TLS handshake timed out"),
+            let serve = async {
+                match tls {
+                    None => serve_conn(tcp, router, &app, conn.clone()).await,
+                    Some(acc) => {
+                        match tokio::time::timeout(app.opts.header_timeout, acc.accept(tcp)).await {
+                            Ok(Ok(s)) => serve_conn(s, router, &app, conn.clone()).await,
+                            Ok(Err(e)) => tracing::debug!("HTTP TLS handshake: {e}"),
+                            Err(_) => tracing::debug!("HTTP TLS handshake timed out"),
+                        }
                     }
                 }
+            };
+            tokio::select! {
+                biased;
+                // Shed to make room: dropping the connection closes the socket.
+                _ = conn.shed.notified() => {}
+                _ = serve => {}
             }
             app.metrics.connection(-1);
-            drop(permit);
+            drop(conn);
         });
     }
 }
 
-async fn serve_conn<S>(io: S, router: Router, app: &App)
+/// `reason` label of `meshkv_http_connections_dropped_total` for a connection closed
+/// at once because its address already held `max_connections_per_ip`.
+const PER_IP_LIMIT: &str = "per_ip_limit";
+
+/// The connections of one listener: how many are open, in all and per client
+/// address, and which of them may be shed to make room.
+///
+/// * A connection from an address that already holds `max_per_ip` open connections
+///   is closed at once (IPv6 addresses count per /64, the block one host usually
+///   gets; IPv4-mapped IPv6 addresses as IPv4).
+/// * When `max` connections are open, a new one gets the slot of a connection that
+///   has no request in progress, which is closed: first the oldest connection that
+///   has not sent a (complete) request yet, silent or slow, then the connection idle
+///   longest between requests. Only when every connection is in the middle of a
+///   request do new ones wait in the accept backlog.
+struct Conns {
+    max: usize,
+    max_per_ip: usize,
+    table: std::sync::Mutex<ConnTable>,
+    /// Signalled when a connection closes or becomes sheddable.
+    changed: Notify,
+}
+
+#[derive(Default)]
+struct ConnTable {
+    next_id: u64,
+    next_seq: u64,
+    live: HashMap<u64, Live>,
+    per_ip: HashMap<IpAddr, usize>,
+    /// The connections with no request in progress, in the order they are shed.
+    sheddable: BTreeMap<(Class, u64), u64>,
+}
+
+struct Live {
+    ip: IpAddr,
+    /// Its key in `sheddable`, when it is there.
+    key: Option<(Class, u64)>,
+    shed: Arc<Notify>,
+}
+
+/// Kinds of sheddable connections, in the order they are shed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Class {
+    /// Has not sent a complete request yet (nothing, part of a head, or a TLS
+    /// handshake in progress).
+    NoRequest,
+    /// Served at least one request, now waiting for the next one.
+    Idle,
+}
+
+impl Class {
+    /// The metric label.
+    fn reason(self) -> &'static str {
+        match self {
+            Class::NoRequest => "shed_no_request",
+            Class::Idle => "shed_idle",
+        }
+    }
+}
+
+/// A connection closed to make room.
+struct Shed {
+    class: Class,
+    ip: IpAddr,
+}
+
+impl std::fmt::Display for Shed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let what = match self.class {
+            Class::NoRequest => "a connection with no request yet",
+            Class::Idle => "an idle keep-alive connection",
+        };
+        write!(f, "{what} from {}", self.ip)
+    }
+}
+
+enum Admit {
+    /// Serve it (another connection was shed to make room when `Some`).
+    Open(Arc<Conn>, Option<Shed>),
+    /// Its address holds `max_per_ip` connections already: close it.
+    OverIpLimit,
+    /// `max` connections open and none to shed.
+    Full,
+}
+
+/// The address a connection counts against for `max_per_ip`.
+fn ip_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+        v4 => v4,
+    }
+}
+
+impl Conns {
+    fn new(max: usize, max_per_ip: usize) -> Arc<Conns> {
+        Arc::new(Conns {
+            max,
+            max_per_ip,
+            table: std::sync::Mutex::new(ConnTable::default()),
+            changed: Notify::new(),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ConnTable> {
+        self.table.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether a new connection can be admitted now (a free slot, or one to shed).
+    fn has_room(&self) -> bool {
+        let t = self.lock();
+        t.live.len() < self.max || !t.sheddable.is_empty()
+    }
+
+    fn admit(self: &Arc<Self>, peer: SocketAddr) -> Admit {
+        let ip = ip_key(peer.ip());
+        let mut t = self.lock();
+        if t.per_ip.get(&ip).copied().unwrap_or(0) >= self.max_per_ip {
+            return Admit::OverIpLimit;
+        }
+        let shed = if t.live.len() >= self.max {
+            match shed_first(&mut t) {
+                Some(s) => Some(s),
+                None => return Admit::Full,
+            }
+        } else {
+            None
+        };
+        let id = t.next_id;
+        t.next_id += 1;
+        let key = (Class::NoRequest, t.next_seq);
+        t.next_seq += 1;
+        let notify = Arc::new(Notify::new());
+        t.live.insert(
+            id,
+            Live {
+                ip,
+                key: Some(key),
+                shed: notify.clone(),
+            },
+        );
+        t.sheddable.insert(key, id);
+        *t.per_ip.entry(ip).or_insert(0) += 1;
+        drop(t);
+        let conn = Arc::new(Conn {
+            conns: self.clone(),
+            id,
+            shed: notify,
+            busy: AtomicBool::new(false),
+            requests: AtomicU64::new(0),
+        });
+        Admit::Open(conn, shed)
+    }
+
+    /// Shed the first sheddable connection, if any.
+    fn shed_one(&self) -> Option<Shed> {
+        shed_first(&mut self.lock())
+    }
+}
+
+/// Remove the first sheddable connection from the table (its slot is free from now
+/// on) and tell its task to close it.
+fn shed_first(t: &mut ConnTable) -> Option<Shed> {
+    let ((class, _), id) = t.sheddable.pop_first()?;
+    let live = t.live.remove(&id)?;
+    forget_ip(t, live.ip);
+    live.shed.notify_one();
+    Some(Shed { class, ip: live.ip })
+}
+
+fn forget_ip(t: &mut ConnTable, ip: IpAddr) {
+    if let std::collections::hash_map::Entry::Occupied(mut e) = t.per_ip.entry(ip) {
+        *e.get_mut() -= 1;
+        if *e.get() == 0 {
+            e.remove();
+        }
+    }
+}
+
+/// One admitted connection; leaves the table when dropped.
+struct Conn {
+    conns: Arc<Conns>,
+    id: u64,
+    /// Notified when the connection was shed.
+    shed: Arc<Notify>,
+    /// A request is being served (from the call of the service until its answer).
+    busy: AtomicBool,
+    /// Requests started on this connection.
+    requests: AtomicU64,
+}
+
+impl Conn {
+    /// A request starts: the connection is no longer sheddable. False when it has
+    /// been shed already (it is about to be closed: the request must not run).
+    fn begin_request(&self) -> bool {
+        {
+            let mut t = self.conns.lock();
+            let t = &mut *t;
+            let Some(live) = t.live.get_mut(&self.id) else {
+                return false;
+            };
+            if let Some(k) = live.key.take() {
+                t.sheddable.remove(&k);
+            }
+        }
+        self.busy.store(true, Ordering::Relaxed);
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        true
+    }
+
+    /// The answer went out completely and hyper waits for the next request: the
+    /// connection may be shed from now on.
+    fn went_idle(&self) {
+        {
+            let mut t = self.conns.lock();
+            let t = &mut *t;
+            let seq = t.next_seq;
+            let Some(live) = t.live.get_mut(&self.id) else {
+                return;
+            };
+            if live.key.is_some() {
+                return;
+            }
+            let key = (Class::Idle, seq);
+            live.key = Some(key);
+            t.next_seq += 1;
+            t.sheddable.insert(key, self.id);
+        }
+        self.conns.changed.notify_one();
+    }
+}
+
+/// Ends the request of a [`Conn`] when dropped (with the answer body, once hyper has
+/// taken all of it, or with the connection).
+struct EndOfRequest(Arc<Conn>);
+
+impl Drop for EndOfRequest {
+    fn drop(&mut self) {
+        self.0.busy.store(false, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        {
+            let mut t = self.conns.lock();
+            let t = &mut *t;
+            if let Some(live) = t.live.remove(&self.id) {
+                if let Some(k) = live.key {
+                    t.sheddable.remove(&k);
+                }
+                forget_ip(t, live.ip);
+            }
+        }
+        self.conns.changed.notify_one();
+    }
+}
+
+async fn serve_conn<S>(io: S, router: Router, app: &App, conn: Arc<Conn>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let busy = Arc::new(AtomicBool::new(false));
-    let io = DeadlineIo::new(io, busy.clone(), app.opts.header_timeout);
+    let io = DeadlineIo::new(io, conn.clone(), app.opts.header_timeout);
     let svc = hyper_util::service::TowerToHyperService::new(router);
     let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-        busy.store(true, Ordering::Relaxed);
-        let fut = hyper::service::Service::call(&svc, req);
-        let busy = busy.clone();
+        // From the call until hyper has taken the whole answer body, the connection is
+        // busy: no head deadline, not sheddable.
+        let started = conn.begin_request();
+        let end = EndOfRequest(conn.clone());
+        let fut = started.then(|| hyper::service::Service::call(&svc, req));
         async move {
-            let r = fut.await;
-            busy.store(false, Ordering::Relaxed);
-            r
+            let r = match fut {
+                Some(fut) => fut.await?,
+                None => {
+                    // Shed after its head was read: run nothing; it is being closed.
+                    let mut r = reason(StatusCode::SERVICE_UNAVAILABLE, "connection limit reached");
+                    r.headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                    r
+                }
+            };
+            Ok::<_, std::convert::Infallible>(r.map(move |body| {
+                body.map_frame(move |frame| {
+                    let _busy_until_dropped = &end;
+                    frame
+                })
+            }))
         }
     });
     let mut b = hyper::server::conn::http1::Builder::new();
+    // hyper's header read timeout runs from the moment it waits for a request head,
+    // including the idle time between requests: it is the idle timeout. The head
+    // deadline proper (from the first byte, or from the accept for the first request)
+    // is `DeadlineIo`'s.
     b.timer(TokioTimer::new())
         .header_read_timeout(app.opts.idle_timeout.max(app.opts.header_timeout))
         .keep_alive(true);
@@ -443,28 +800,73 @@ where
     }
 }
 
-/// Sends `408` and closes a connection whose request head started arriving but did
-/// not finish within the limit (hyper's own header timeout closes without an answer).
-/// "Started" = bytes were read while no request was being served; "finished" = the
-/// service was called (`busy`).
+/// The request-head deadline, and the connection's idle state for shedding.
+///
+/// * A new connection must deliver its first request head within the limit from the
+///   accept (TLS handshake excepted, it has its own): one that sent nothing by then
+///   is closed silently, one that sent part of a head gets a `408` and is closed.
+/// * Later requests: the limit runs from the request's first byte (the wait before
+///   it is the idle timeout, hyper's); when it passes, `408` and close.
+///
+/// hyper's own header timeout closes without an answer, and on a kept-alive
+/// connection it cannot tell idle time from a slow head. "Finished" = the service
+/// was called (`busy`).
+///
+/// It also tells the connection table when the connection becomes idle (sheddable):
+/// the last answer is written and flushed, no request is being served, and hyper
+/// waits for bytes.
 struct DeadlineIo<S> {
     inner: S,
-    busy: Arc<AtomicBool>,
+    conn: Arc<Conn>,
     limit: Duration,
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
     expired: bool,
+    /// Some byte was read since the last request started (or the accept).
+    got_bytes: bool,
+    /// Nothing written since the last successful flush.
+    flushed: bool,
+    /// The last read returned `Pending`.
+    read_pending: bool,
+    /// `conn.requests` when the connection was last reported idle.
+    idle_after: u64,
+    /// `conn.requests` when `timer` was last checked: the head it times is the
+    /// next request's.
+    timed: u64,
 }
 
 const TIMEOUT_408: &[u8] = b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 37\r\n\r\nrequest headers not received in time\n";
 
 impl<S> DeadlineIo<S> {
-    fn new(inner: S, busy: Arc<AtomicBool>, limit: Duration) -> Self {
+    fn new(inner: S, conn: Arc<Conn>, limit: Duration) -> Self {
         DeadlineIo {
             inner,
-            busy,
+            conn,
             limit,
-            timer: None,
+            // The first request's head is due `limit` after the accept, whether or
+            // not a byte comes.
+            timer: Some(Box::pin(tokio::time::sleep(limit))),
             expired: false,
+            got_bytes: false,
+            flushed: true,
+            read_pending: false,
+            idle_after: 0,
+            timed: 0,
+        }
+    }
+
+    fn busy(&self) -> bool {
+        self.conn.busy.load(Ordering::Relaxed)
+    }
+
+    /// Report the connection idle once per served request, when hyper waits for the
+    /// next one with everything written.
+    fn check_idle(&mut self) {
+        if self.read_pending && self.flushed && !self.busy() {
+            let n = self.conn.requests.load(Ordering::Relaxed);
+            if n > self.idle_after {
+                self.idle_after = n;
+                self.conn.went_idle();
+            }
         }
     }
 }
@@ -479,30 +881,44 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for DeadlineIo<S> {
         if me.expired {
             return Poll::Ready(Ok(()));
         }
+        let requests = me.conn.requests.load(Ordering::Relaxed);
+        if requests != me.timed {
+            // A request started since the timer was set: its head came in time.
+            me.timed = requests;
+            me.timer = None;
+            me.got_bytes = false;
+        }
         let before = buf.filled().len();
         match Pin::new(&mut me.inner).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
-                if me.busy.load(Ordering::Relaxed) {
-                    me.timer = None;
-                } else if buf.filled().len() > before && me.timer.is_none() {
-                    me.timer = Some(Box::pin(tokio::time::sleep(me.limit)));
+                me.read_pending = false;
+                if !me.busy() && buf.filled().len() > before {
+                    me.got_bytes = true;
+                    if me.timer.is_none() {
+                        me.timer = Some(Box::pin(tokio::time::sleep(me.limit)));
+                    }
                 }
                 Poll::Ready(Ok(()))
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending => {
-                if me.busy.load(Ordering::Relaxed) {
-                    me.timer = None;
+                me.read_pending = true;
+                if me.busy() {
                     return Poll::Pending;
                 }
+                me.check_idle();
                 if let Some(t) = me.timer.as_mut() {
                     if std::future::Future::poll(t.as_mut(), cx).is_ready() {
                         me.expired = true;
                         me.timer = None;
-                        // Best effort: a tiny write to an idle socket goes through at once.
-                        let _ = Pin::new(&mut me.inner).poll_write(cx, TIMEOUT_408);
-                        let _ = Pin::new(&mut me.inner).poll_flush(cx);
-                        // EOF: hyper drops the half-read request and closes.
+                        if me.got_bytes {
+                            // Best effort: a tiny write to an idle socket goes through
+                            // at once.
+                            let _ = Pin::new(&mut me.inner).poll_write(cx, TIMEOUT_408);
+                            let _ = Pin::new(&mut me.inner).poll_flush(cx);
+                        }
+                        // EOF: hyper drops the half-read request (or the connection
+                        // that never sent one) and closes.
                         return Poll::Ready(Ok(()));
                     }
                 }
@@ -518,11 +934,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for DeadlineIo<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        let me = self.get_mut();
+        me.flushed = false;
+        Pin::new(&mut me.inner).poll_write(cx, buf)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+        let me = self.get_mut();
+        let r = Pin::new(&mut me.inner).poll_flush(cx);
+        if let Poll::Ready(Ok(())) = r {
+            me.flushed = true;
+            me.check_idle();
+        }
+        r
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -534,11 +958,90 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for DeadlineIo<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+        let me = self.get_mut();
+        me.flushed = false;
+        Pin::new(&mut me.inner).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod conn_tests {
+    use super::*;
+
+    fn peer(s: &str) -> SocketAddr {
+        SocketAddr::new(s.parse().expect("address"), 40000)
+    }
+
+    fn open(c: &Arc<Conns>, from: &str) -> (Arc<Conn>, Option<Shed>) {
+        match c.admit(peer(from)) {
+            Admit::Open(conn, shed) => (conn, shed),
+            Admit::OverIpLimit => panic!("{from}: over the per-address limit"),
+            Admit::Full => panic!("{from}: full"),
+        }
+    }
+
+    #[test]
+    fn per_address_limit_counts_open_connections() {
+        let c = Conns::new(10, 2);
+        let a1 = open(&c, "10.0.0.1").0;
+        let _a2 = open(&c, "10.0.0.1").0;
+        assert!(matches!(c.admit(peer("10.0.0.1")), Admit::OverIpLimit));
+        // The IPv4-mapped form is the same address.
+        assert!(matches!(
+            c.admit(peer("::ffff:10.0.0.1")),
+            Admit::OverIpLimit
+        ));
+        let _b = open(&c, "10.0.0.2").0;
+        drop(a1);
+        let _a3 = open(&c, "10.0.0.1").0;
+    }
+
+    #[test]
+    fn ipv6_addresses_count_per_64() {
+        let k = |s: &str| ip_key(s.parse().expect("address"));
+        assert_eq!(k("2001:db8::1"), k("2001:db8::ffff:1"));
+        assert_ne!(k("2001:db8::1"), k("2001:db8:0:1::1"));
+        assert_eq!(k("::ffff:10.0.0.1"), k("10.0.0.1"));
+    }
+
+    #[test]
+    fn full_listener_sheds_silent_then_idle_never_busy() {
+        let c = Conns::new(3, 1);
+        // idle: served one request, now waits for the next.
+        let (idle, _) = open(&c, "10.0.0.1");
+        assert!(idle.begin_request());
+        drop(EndOfRequest(idle.clone()));
+        idle.went_idle();
+        // silent: newer, but has not sent a request.
+        let (silent, _) = open(&c, "10.0.0.2");
+        let (busy, _) = open(&c, "10.0.0.3");
+        assert!(busy.begin_request());
+
+        let (n1, shed) = open(&c, "10.0.0.4");
+        assert_eq!(shed.map(|s| s.class), Some(Class::NoRequest));
+        assert!(
+            !silent.begin_request(),
+            "the shed connection must not serve"
+        );
+        assert!(n1.begin_request());
+        let (n2, shed) = open(&c, "10.0.0.5");
+        assert_eq!(shed.map(|s| s.class), Some(Class::Idle));
+        assert!(!idle.begin_request());
+        assert!(n2.begin_request());
+
+        // Every connection busy: nothing to shed, new ones wait.
+        assert!(!c.has_room());
+        assert!(matches!(c.admit(peer("10.0.0.6")), Admit::Full));
+        drop(busy);
+        assert!(c.has_room());
+        let _n3 = open(&c, "10.0.0.6");
+        // A shed connection leaves the per-address count at once (its task closes
+        // it later: `silent` is still alive here).
+        let _again = open(&c, "10.0.0.2");
     }
 }
 
@@ -548,6 +1051,8 @@ fn router(app: Shared) -> Router {
         .route("/kv/", any(kv))
         .route("/kv/{*key}", any(kv))
         .route("/health", any(health))
+        .route("/health/live", any(health))
+        .route("/health/ready", any(health_ready))
         .route("/status", any(status))
         .route("/metrics", any(metrics_route))
         .fallback(unknown)
@@ -572,7 +1077,8 @@ fn route_label(path: &str) -> &'static str {
         "/kv"
     } else {
         match path {
-            "/health" => "/health",
+            "/health" | "/health/live" => "/health",
+            "/health/ready" => "/health/ready",
             "/status" => "/status",
             "/metrics" => "/metrics",
             _ => "other",
@@ -604,7 +1110,7 @@ async fn observe(State(app): State<Shared>, req: Request, next: Next) -> Respons
     let route = route_label(req.uri().path());
     let method = method_label(req.method());
     let resp = match &app.opts.bearer_token {
-        Some(token) if route != "/health" => {
+        Some(token) if route != "/health" && route != "/health/ready" => {
             let ok = req
                 .headers()
                 .get(header::AUTHORIZATION)
@@ -643,7 +1149,7 @@ async fn unknown(req: Request) -> Response {
     reason(
         StatusCode::NOT_FOUND,
         &format!(
-            "unknown path {}; the routes are /kv/{{key}}, /health, /status, /metrics",
+            "unknown path {}; the routes are /kv/{{key}}, /health, /health/ready, /status, /metrics",
             req.uri().path()
         ),
     )
@@ -654,6 +1160,30 @@ async fn health(req: Request) -> Response {
         Method::GET | Method::HEAD => reason(StatusCode::OK, "ok"),
         _ => method_not_allowed("GET, HEAD"),
     }
+}
+
+/// `200 ready` once the server has caught up after its start, else `503` with a
+/// retry hint (the probe a load balancer or orchestrator should use).
+async fn health_ready(State(app): State<Shared>, req: Request) -> Response {
+    if !matches!(*req.method(), Method::GET | Method::HEAD) {
+        return method_not_allowed("GET, HEAD");
+    }
+    if app.server.is_ready() {
+        reason(StatusCode::OK, "ready")
+    } else {
+        not_ready()
+    }
+}
+
+/// `503` while the server catches up after a start.
+fn not_ready() -> Response {
+    let mut r = reason(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "ERR_NOT_READY: catching up with the peers after a start; retry shortly",
+    );
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    r
 }
 
 async fn status(State(app): State<Shared>, req: Request) -> Response {
@@ -709,18 +1239,10 @@ fn session_headers(h: &HeaderMap, cap: Duration) -> Result<(Option<Version>, Dur
     let after = match header_str(h, AFTER_HEADER)? {
         None => None,
         Some(s) => {
-            let v = parse_version(s).map_err(|e| format!("header {AFTER_HEADER}: {e}"))?;
-            // The server's clock moves past a token: a forged far-future one must not
-            // drag it (and every later write's timestamp) along.
-            let limit = meshkv_core::hlc::wall_micros().saturating_add(MAX_TOKEN_AHEAD_MICROS);
-            if v.ts > limit {
-                return Err(format!(
-                    "header {AFTER_HEADER}: timestamp {} is more than {} s ahead of this server's clock",
-                    v.ts,
-                    MAX_TOKEN_AHEAD_MICROS / 1_000_000
-                ));
-            }
-            Some(v)
+            // A token's timestamp is never refused: it moves this server's clock only
+            // within the offset bound (see `meshkv_core::hlc`), so a token minted by a
+            // server with a fast clock works everywhere and a forged one drags nothing.
+            Some(parse_version(s).map_err(|e| format!("header {AFTER_HEADER}: {e}"))?)
         }
     };
     let wait = match header_str(h, WAIT_HEADER)? {
@@ -793,6 +1315,10 @@ async fn kv(State(app): State<Shared>, req: Request) -> Response {
         Ok(x) => x,
         Err(e) => return reason(StatusCode::BAD_REQUEST, &e),
     };
+    // A request willing to wait for replication also waits for the catch-up.
+    if !app.server.is_ready() && !app.server.wait_ready(wait).await {
+        return not_ready();
+    }
     match method {
         Method::GET | Method::HEAD => read(&app, key, after, wait).await,
         Method::DELETE => write(&app, key, None, after, wait, false).await,

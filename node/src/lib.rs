@@ -8,6 +8,7 @@ pub use meshkv_core;
 
 pub mod cli;
 pub mod client;
+pub mod clock;
 pub mod config;
 pub mod control;
 pub mod frame;

@@ -9,6 +9,7 @@
 //! | `meshkv_http_requests_total` | counter | `route`, `method`, `status` | HTTP requests answered |
 //! | `meshkv_http_request_duration_seconds` | histogram | `route`, `method` | time to answer (dependency waits included) |
 //! | `meshkv_http_connections` | gauge | | open HTTP connections |
+//! | `meshkv_http_connections_dropped_total` | counter | `reason` | HTTP connections closed by the connection limits: `per_ip_limit` (over `max_connections_per_ip`, closed at once), `shed_no_request` / `shed_idle` (closed to make room at `max_connections`: had not sent a request yet / idle between requests) |
 //! | `meshkv_node_id` | gauge | | this server's id |
 //! | `meshkv_uptime_seconds` | gauge | | since start |
 //! | `meshkv_keys` / `meshkv_tombstones` / `meshkv_log_records` | gauge | | store size |
@@ -46,6 +47,11 @@ struct RequestLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DropLabels {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabels {
     route: &'static str,
     method: &'static str,
@@ -57,6 +63,7 @@ pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
     latency: Family<RouteLabels, Histogram>,
     connections: Gauge,
+    dropped: Family<DropLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -96,12 +103,19 @@ impl Metrics {
             "Open HTTP connections",
             connections.clone(),
         );
+        let dropped = Family::<DropLabels, Counter>::default();
+        registry.register(
+            "meshkv_http_connections_dropped",
+            "HTTP connections closed by the connection limits, by reason",
+            dropped.clone(),
+        );
         registry.register_collector(Box::new(StatusCollector { server }));
         Metrics {
             registry,
             requests,
             latency,
             connections,
+            dropped,
         }
     }
 
@@ -122,6 +136,11 @@ impl Metrics {
     /// A connection opened (`+1`) or closed (`-1`).
     pub fn connection(&self, delta: i64) {
         self.connections.inc_by(delta);
+    }
+
+    /// Count one connection closed by a connection limit (`reason`: see the table).
+    pub fn connection_dropped(&self, reason: &'static str) {
+        self.dropped.get_or_create(&DropLabels { reason }).inc();
     }
 
     /// The text exposition ([`CONTENT_TYPE`]).

@@ -59,6 +59,12 @@ pub struct ServerOpts {
     pub max_key: usize,
     /// Largest value accepted from clients.
     pub max_value: usize,
+    /// After a start, how long the server waits to complete a sync round with every
+    /// peer it knows an address of before it serves client requests anyway.
+    pub catchup_timeout: Duration,
+    /// The peers known at start (from a config file): linked before readiness is
+    /// first evaluated, so the server catches up with them before serving.
+    pub peers: Vec<(NodeId, SocketAddr)>,
 }
 
 impl ServerOpts {
@@ -76,6 +82,8 @@ impl ServerOpts {
             trim_interval: Duration::from_secs(2),
             max_key: 1024,
             max_value: 1 << 20,
+            catchup_timeout: Duration::from_secs(3),
+            peers: Vec::new(),
         }
     }
 }
@@ -135,6 +143,19 @@ struct PeerSlot {
 
 struct Shared {
     id: NodeId,
+    /// This incarnation's origin id (the `origin` of the dots it hands out).
+    rid: NodeId,
+    /// Set once the server has caught up after its start (or the catch-up timeout
+    /// passed); client requests wait for it (HTTP answers 503 until then).
+    ready: std::sync::atomic::AtomicBool,
+    /// Woken after every sync round and link change, to re-evaluate readiness.
+    ready_changed: Notify,
+    /// Peers that were not caught up with when the timeout made the server ready.
+    ready_note: Mutex<Option<String>>,
+    /// Incoming connections refused because another live process has the same id.
+    duplicates_refused: AtomicU64,
+    /// Set when a peer refused this process as a duplicate of a live server.
+    refused_as_duplicate: Mutex<Option<String>>,
     opts: ServerOpts,
     replica: Mutex<Replica>,
     commit_tx: mpsc::Sender<CommitJob>,
@@ -172,35 +193,46 @@ fn now_ms() -> u64 {
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// How far ahead of this machine's clock a client's "highest timestamp seen" may be.
-/// Without a bound, one forged token would drag the server's clock forward for good.
-pub const MAX_CLIENT_SKEW: Duration = Duration::from_secs(60);
+/// QUIC application close code: "another live server already has your id".
+const CLOSE_DUPLICATE: u32 = 7;
 
-fn check_seen_ts(seen_ts: u64) -> Result<(), ServerError> {
-    let limit = meshkv_core::hlc::wall_micros() + MAX_CLIENT_SKEW.as_micros() as u64;
-    if seen_ts > limit {
-        return Err(ServerError::Invalid(format!(
-            "session timestamp {seen_ts} is more than {}s ahead of this server's clock",
-            MAX_CLIENT_SKEW.as_secs()
-        )));
+/// A fresh origin id for this incarnation: random, never 0.
+fn fresh_rid() -> NodeId {
+    loop {
+        let r: u64 = rand::random();
+        if r != 0 {
+            return r;
+        }
     }
-    Ok(())
 }
 
 impl Server {
     /// Open the store, bind the endpoint and start every background task.
     pub async fn start(opts: ServerOpts) -> Result<Server, ServerError> {
+        let rid = fresh_rid();
         let (storage, replica) = Storage::open(
             &opts.data_dir,
             opts.id,
+            rid,
             opts.cache_bytes,
             opts.limits.clone(),
         )?;
+        tracing::info!(
+            "server {}: incarnation {rid:016x} ({} keys in the store)",
+            opts.id,
+            replica.len()
+        );
         let endpoint = net::server_endpoint(opts.listen, &opts.tls, &opts.tuning)?;
         let (commit_tx, commit_rx) = mpsc::channel(16_384);
         let (commits, _) = tokio::sync::watch::channel(0u64);
         let sh = Arc::new(Shared {
             id: opts.id,
+            rid,
+            ready: std::sync::atomic::AtomicBool::new(false),
+            ready_changed: Notify::new(),
+            ready_note: Mutex::new(None),
+            duplicates_refused: AtomicU64::new(0),
+            refused_as_duplicate: Mutex::new(None),
             opts: opts.clone(),
             storage_stats: Mutex::new(storage.stats()),
             replica: Mutex::new(replica),
@@ -227,6 +259,10 @@ impl Server {
         }
         tokio::spawn(sh.clone().accept_loop());
         tokio::spawn(sh.clone().trim_loop());
+        for (id, addr) in &opts.peers {
+            sh.set_peer(*id, Some(*addr));
+        }
+        tokio::spawn(sh.clone().readiness());
         Ok(Server { sh })
     }
 
@@ -289,7 +325,6 @@ impl Server {
         seen_ts: u64,
     ) -> Result<Outcome, ServerError> {
         self.check_key(&key)?;
-        check_seen_ts(seen_ts)?;
         if let Some(v) = &value {
             if v.len() > self.sh.opts.max_value {
                 return Err(ServerError::Invalid(format!(
@@ -319,9 +354,9 @@ impl Server {
         seen_ts: u64,
     ) -> Result<ReadOutcome, ServerError> {
         self.check_key(key)?;
-        check_seen_ts(seen_ts)?;
         self.sh.client_gets.fetch_add(1, Relaxed);
-        Ok(lock(&self.sh.replica).read(key, dep, seen_ts))
+        let wall = crate::clock::wall_micros();
+        Ok(lock(&self.sh.replica).read(key, dep, seen_ts, wall))
     }
 
     fn check_key(&self, key: &[u8]) -> Result<(), ServerError> {
@@ -360,10 +395,70 @@ impl Server {
         self.sh.status()
     }
 
+    /// Whether the server has caught up after its start (or given up waiting) and
+    /// serves client requests.
+    pub fn is_ready(&self) -> bool {
+        self.sh.ready.load(Relaxed)
+    }
+
+    /// Whether a sync round has completed, since this process started, with every
+    /// peer whose address is known and whose link is not blocked.
+    pub fn caught_up(&self) -> bool {
+        self.sh.caught_up().is_empty()
+    }
+
+    /// Wait until [`Server::caught_up`] holds, at most `wait`; true when it does.
+    pub async fn wait_caught_up(&self, wait: Duration) -> bool {
+        self.wait_until(wait, || self.caught_up()).await
+    }
+
+    /// Wait until the server is ready, at most `wait`; true when it is.
+    pub async fn wait_ready(&self, wait: Duration) -> bool {
+        self.wait_until(wait, || self.is_ready()).await
+    }
+
+    /// Re-check `cond` after every readiness-relevant event, at most `wait`.
+    async fn wait_until(&self, wait: Duration, cond: impl Fn() -> bool) -> bool {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let notified = self.sh.ready_changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if cond() {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return cond();
+            }
+        }
+    }
+
     /// Close every connection (for a clean exit).
     pub fn shutdown(&self) {
         self.sh.endpoint.close(0u32.into(), b"shutdown");
     }
+}
+
+/// The clock part of [`Status`].
+#[derive(Clone, Debug, Serialize)]
+pub struct ClockStatus {
+    /// The hybrid logical clock (µs since the epoch).
+    pub hlc_micros: u64,
+    /// This machine's wall clock when the status was taken.
+    pub wall_micros: u64,
+    /// How far the HLC is ahead of the wall clock (ms); large after this machine's
+    /// clock was set back, since the HLC never goes back.
+    pub hlc_ahead_ms: i64,
+    /// The highest timestamp stored or seen from a peer; far ahead of `wall_micros`
+    /// means some server's clock is (or was) fast.
+    pub max_seen_micros: u64,
+    /// Timestamps from peers or clients further ahead than the offset bound (they did
+    /// not move this clock).
+    pub ahead_refused: u64,
+    /// The largest such lead (ms).
+    pub max_ahead_ms: u64,
+    /// The offset bound (ms).
+    pub max_offset_ms: u64,
 }
 
 /// A snapshot of a server's state for `status` and metrics.
@@ -371,6 +466,19 @@ impl Server {
 pub struct Status {
     /// Server id.
     pub node: NodeId,
+    /// This incarnation's origin id (hex): the origin of the dots it hands out. A new
+    /// one is drawn at every start; the watermarks of earlier ones show in `seen`.
+    pub incarnation: String,
+    /// Whether it serves clients (caught up after its start, or timed out waiting).
+    pub ready: bool,
+    /// Why it became ready without catching up with every peer, if it did.
+    pub ready_note: Option<String>,
+    /// The hybrid clock against the wall clock, and what the offset bound refused.
+    pub clock: ClockStatus,
+    /// Incoming connections refused as duplicates of a live server's id.
+    pub duplicates_refused: u64,
+    /// Set when a peer refused this process as a duplicate of a live server.
+    pub refused_as_duplicate: Option<String>,
     /// QUIC address.
     pub quic: Option<String>,
     /// Seconds since start.
@@ -406,6 +514,8 @@ pub struct PeerStatus {
     pub addr: Option<String>,
     /// `up`, `down` or `blocked`.
     pub link: &'static str,
+    /// Its current incarnation (hex), once it said so.
+    pub incarnation: Option<String>,
     /// Its watermarks as last reported.
     pub seen: Option<BTreeMap<NodeId, u64>>,
     /// How far its watermarks lag ours (writes), when known.
@@ -442,6 +552,7 @@ fn vv_map(v: &VersionVector) -> BTreeMap<NodeId, u64> {
 
 fn commit_loop(sh: Arc<Shared>, mut storage: Storage, mut rx: mpsc::Receiver<CommitJob>) {
     let mut n = 0u64;
+    let mut ahead_logged = 0u64;
     while let Some(first) = rx.blocking_recv() {
         let mut jobs = vec![first];
         while jobs.len() < 8192 {
@@ -456,7 +567,22 @@ fn commit_loop(sh: Arc<Shared>, mut storage: Storage, mut rx: mpsc::Receiver<Com
             counts.push(j.ops.len());
             ops.append(&mut j.ops);
         }
-        let mut st = lock(&sh.replica).stage(ops, meshkv_core::hlc::wall_micros());
+        let (mut st, skew) = {
+            let mut r = lock(&sh.replica);
+            let st = r.stage(ops, crate::clock::wall_micros());
+            (st, r.clock_skew())
+        };
+        // One line per burst of far-ahead timestamps (powers of two), not per write.
+        if skew.ahead > ahead_logged && skew.ahead >= ahead_logged.saturating_mul(2) {
+            tracing::warn!(
+                "server {}: {} timestamp(s) from peers or clients were more than {} ms ahead of this clock (max lead {} ms) and did not move it: is a clock fast?",
+                sh.id,
+                skew.ahead,
+                sh.opts.limits.max_clock_offset / 1000,
+                skew.max_ahead_micros / 1000
+            );
+            ahead_logged = skew.ahead;
+        }
         // Persist is a no-op for a batch that changes nothing.
         if let Err(e) = storage.persist(&st) {
             tracing::error!("cannot make a batch durable, stopping: {e}");
@@ -480,6 +606,46 @@ fn commit_loop(sh: Arc<Shared>, mut storage: Storage, mut rx: mpsc::Receiver<Com
 }
 
 impl Shared {
+    /// Peers with a known address and an allowed link that no sync round has completed
+    /// with since this process started.
+    fn caught_up(&self) -> Vec<NodeId> {
+        lock(&self.peers)
+            .iter()
+            .filter(|(_, p)| p.addr.is_some() && !p.blocked)
+            .filter(|(_, p)| p.stats.sync_rounds.load(Relaxed) == 0)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// The `readiness` task: the server serves clients once it has completed a sync
+    /// round with every peer it can be expected to reach, or once the catch-up timeout
+    /// passes (then status names the peers it did not catch up with).
+    async fn readiness(self: Arc<Self>) {
+        let deadline = tokio::time::Instant::now() + self.opts.catchup_timeout;
+        loop {
+            let notified = self.ready_changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let missing = self.caught_up();
+            let timed_out = tokio::time::Instant::now() >= deadline;
+            if missing.is_empty() || timed_out {
+                if !missing.is_empty() {
+                    let note = format!(
+                        "serving after the {} ms catch-up timeout without a sync round with server(s) {missing:?}",
+                        self.opts.catchup_timeout.as_millis()
+                    );
+                    tracing::warn!("server {}: {note}", self.id);
+                    *lock(&self.ready_note) = Some(note);
+                }
+                self.ready.store(true, Relaxed);
+                self.ready_changed.notify_waiters();
+                tracing::info!("server {}: ready", self.id);
+                return;
+            }
+            let _ = tokio::time::timeout_at(deadline, notified).await;
+        }
+    }
+
     async fn commit(&self, ops: Vec<Op>) -> Result<Vec<Outcome>, ServerError> {
         let (tx, rx) = oneshot::channel();
         self.commit_tx
@@ -576,6 +742,7 @@ impl Shared {
         if start_dialer {
             tokio::spawn(self.clone().dialer(id));
         }
+        self.ready_changed.notify_waiters();
     }
 
     fn block(self: &Arc<Self>, id: NodeId) {
@@ -592,6 +759,7 @@ impl Shared {
         }
         lock(&self.replica).set_connected(id, false);
         self.broadcast_links();
+        self.ready_changed.notify_waiters();
     }
 
     async fn dialer(self: Arc<Self>, id: NodeId) {
@@ -642,6 +810,20 @@ impl Shared {
                             self.install(id, c);
                         }
                         other => {
+                            if let Some(quinn::ConnectionError::ApplicationClosed(ac)) =
+                                c.close_reason()
+                            {
+                                if ac.error_code == CLOSE_DUPLICATE.into() {
+                                    let why = String::from_utf8_lossy(&ac.reason).to_string();
+                                    tracing::error!(
+                                        "server {}: server {id} refused this process: {why}",
+                                        self.id
+                                    );
+                                    *lock(&self.refused_as_duplicate) =
+                                        Some(format!("server {id} refused this process: {why}"));
+                                    backoff = Duration::from_secs(5);
+                                }
+                            }
                             tracing::debug!(
                                 "server {}: link to {id} not confirmed: {other:?}",
                                 self.id
@@ -682,7 +864,11 @@ impl Shared {
                     Ok(Identity {
                         role: Role::Server,
                         id,
-                    }) if id != sh.id => sh.install(id, conn),
+                    }) if id != sh.id => {
+                        if !sh.refuse_duplicate(id, &conn).await {
+                            sh.install(id, conn)
+                        }
+                    }
                     Ok(Identity {
                         role: Role::Client, ..
                     }) => sh.serve_client(conn).await,
@@ -691,6 +877,42 @@ impl Shared {
                 }
             });
         }
+    }
+
+    /// A connection from server `id` while we hold a live one from it at another
+    /// address: if the old one still answers a ping (within 500 ms), two processes run
+    /// with the same id; the newcomer is refused with [`CLOSE_DUPLICATE`] and a clear
+    /// reason, and the server it duplicates keeps its link. A newcomer at the address
+    /// we were told for `id` (its new incarnation) is never refused.
+    async fn refuse_duplicate(&self, id: NodeId, conn: &quinn::Connection) -> bool {
+        let new_addr = conn.remote_address();
+        let (old, told) = {
+            let peers = lock(&self.peers);
+            let Some(p) = peers.get(&id) else {
+                return false;
+            };
+            (p.conn.as_ref().map(|c| c.1.clone()), p.addr)
+        };
+        let Some(old) = old else { return false };
+        let old_addr = old.remote_address();
+        if old_addr == new_addr || told == Some(new_addr) {
+            return false;
+        }
+        let alive = matches!(
+            frame::request::<_, PeerResp>(&old, &PeerReq::Ping, Duration::from_millis(500)).await,
+            Ok((PeerResp::Pong, _, _))
+        );
+        if !alive {
+            return false;
+        }
+        self.duplicates_refused.fetch_add(1, Relaxed);
+        let why = format!(
+            "duplicate server id {id}: server {id} is already connected from {old_addr}; \
+             refusing the process at {new_addr}"
+        );
+        tracing::error!("server {}: {why}", self.id);
+        conn.close(CLOSE_DUPLICATE.into(), why.as_bytes());
+        true
     }
 
     fn install(self: &Arc<Self>, id: NodeId, conn: quinn::Connection) {
@@ -720,6 +942,10 @@ impl Shared {
             r.set_connected(id, true);
         }
         tracing::info!("server {}: link to server {id} up", self.id);
+        let hello = Bytes::from(proto::encode(&PeerMsg::Hello { rid: self.rid }));
+        if let Some(tx) = lock(&self.peers).get(&id).and_then(|p| p.tx.as_ref()) {
+            let _ = tx.send(hello);
+        }
         tokio::spawn(push_writer(conn.clone(), rx, stats.clone()));
         tokio::spawn(self.clone().push_reader(conn.clone(), id, stats.clone()));
         tokio::spawn(self.clone().peer_requests(conn.clone(), id, stats.clone()));
@@ -769,6 +995,9 @@ impl Shared {
                             }
                             PeerMsg::Links(l) => {
                                 lock(&self.replica).set_peer_links(id, l.into_iter().collect());
+                            }
+                            PeerMsg::Hello { rid } => {
+                                lock(&self.replica).set_peer_rid(id, rid);
                             }
                         }
                     }
@@ -880,6 +1109,7 @@ impl Shared {
                 Ok(()) => {
                     st.sync_rounds.fetch_add(1, Relaxed);
                     st.last_sync_ok_ms.store(now_ms(), Relaxed);
+                    self.ready_changed.notify_waiters();
                 }
                 Err(e) => tracing::debug!("server {}: sync with {id}: {e}", self.id),
             }
@@ -1016,8 +1246,19 @@ impl Shared {
     }
 
     fn status(&self) -> Status {
-        let (keys, tombstones, root, seen, floor, log_records, peer_views) = {
+        let wall = crate::clock::wall_micros();
+        let (keys, tombstones, root, seen, floor, log_records, peer_views, clock) = {
             let r = lock(&self.replica);
+            let skew = r.clock_skew();
+            let clock = ClockStatus {
+                hlc_micros: r.clock(),
+                wall_micros: wall,
+                hlc_ahead_ms: (r.clock() as i64 - wall as i64) / 1000,
+                max_seen_micros: r.max_ts(),
+                ahead_refused: skew.ahead,
+                max_ahead_ms: skew.max_ahead_micros / 1000,
+                max_offset_ms: self.opts.limits.max_clock_offset / 1000,
+            };
             (
                 r.len(),
                 r.tombstones(),
@@ -1026,6 +1267,7 @@ impl Shared {
                 r.floor().clone(),
                 r.log_len(),
                 r.peers().clone(),
+                clock,
             )
         };
         let peers = lock(&self.peers);
@@ -1051,6 +1293,7 @@ impl Shared {
                         Some(s) if s.conn.is_some() => "up",
                         _ => "down",
                     },
+                    incarnation: view.and_then(|v| v.rid).map(|r| format!("{r:016x}")),
                     seen: their_seen.as_ref().map(vv_map),
                     lag,
                     pushes_sent: st.pushes_sent.load(Relaxed),
@@ -1070,6 +1313,12 @@ impl Shared {
             .collect();
         Status {
             node: self.id,
+            incarnation: format!("{:016x}", self.rid),
+            ready: self.ready.load(Relaxed),
+            ready_note: lock(&self.ready_note).clone(),
+            clock,
+            duplicates_refused: self.duplicates_refused.load(Relaxed),
+            refused_as_duplicate: lock(&self.refused_as_duplicate).clone(),
             quic: self.endpoint.local_addr().ok().map(|a| a.to_string()),
             uptime_s: self.started.elapsed().as_secs_f64(),
             keys,
@@ -1117,6 +1366,11 @@ async fn push_writer(
 impl Server {
     /// Answer one client request.
     pub async fn handle_client(&self, req: ClientReq) -> ClientResp {
+        // The master's clients have no "not ready" answer: they wait for the catch-up.
+        if !self.is_ready() {
+            self.wait_ready(self.sh.opts.catchup_timeout + Duration::from_secs(1))
+                .await;
+        }
         match req {
             ClientReq::Put {
                 key,

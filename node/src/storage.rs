@@ -25,6 +25,7 @@
 //! | `m/format`                                  | `meshkv-1` (the format marker)     |
 //! | `m/node`                                    | the owning server id, u64 big-endian |
 //! | `m/meta`                                    | bincode([`Meta`]): counter, clock, watermarks, floor |
+//! | `m/seq`                                     | the batch sequence number, u64 big-endian (absent = 0) |
 //! | `k/` + key                                  | bincode([`Entry`]) of the key (tombstones too) |
 //! | `l/` + origin (u64 BE) + counter (u64 BE)   | the key the log record `origin:counter` maps to |
 //!
@@ -68,6 +69,22 @@
 //! and flushes the device cache. At open, `conf`, every existing blob, `blobs/`, `db` and
 //! the data directory are fsynced once, and, when the data directory was just created,
 //! its parent directory too.
+//!
+//! # Detecting a damaged store
+//! sled checksums every record of its log, but when one does not check out it does not
+//! fail: it silently treats the log as ending just before it, so a single flipped byte
+//! can make a store come up with its last minutes (or hours) of writes missing. So
+//! every batch carries a sequence number (`m/seq`, in the same atomic batch), and after
+//! the batch is durable the number is also written, checksummed, to a small file of our
+//! own, `meshkv.seq` (no fsync of its own: it may lag after a machine crash, never lead,
+//! because it is written only after sled's fsync returned). At open, a `m/seq` below
+//! `meshkv.seq` means sled lost committed batches: the store is refused, naming `db`
+//! and what to do (move the directory aside and start on an empty one: the server
+//! rejoins as a new incarnation and its peers give back every write they hold). A
+//! damaged `meshkv.seq`, an undecodable record and a panic inside sled while opening or
+//! reading (a damaged or missing blob file) are refusals too, each one line. A store
+//! restored from an older copy is not damaged: it comes up behind, under a fresh origin
+//! ([`meshkv_core::version`]), and catches up.
 //!
 //! # Refusing foreign directories
 //! A directory is never wiped or "repaired". [`Storage::open`] creates a store only in a
@@ -113,6 +130,12 @@ const PREFIX_LOG: &[u8] = b"l/";
 const ID_FILE: &str = "meshkv.id";
 /// The identity file while it is being written.
 const ID_TMP: &str = "meshkv.id.tmp";
+/// The batch sequence number's key.
+const KEY_SEQ: &[u8] = b"m/seq";
+/// The committed-batch marker file (see "Detecting a damaged store").
+const SEQ_FILE: &str = "meshkv.seq";
+/// The marker file's magic.
+const SEQ_MAGIC: &[u8; 8] = b"mkvseq01";
 
 /// Counters of what the store has done since it was opened.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -180,6 +203,34 @@ pub enum StorageError {
         /// bincode's message.
         reason: String,
     },
+    /// sled's log ends before the last batch known to be committed: it was damaged and
+    /// sled dropped what followed the damage.
+    #[error(
+        "data directory {}: the sled log {}/db ends at batch {found} but batch {committed} \
+         was committed: the file is damaged and sled dropped what followed; move the \
+         directory aside and restart on an empty one to recover the writes from the peers",
+        dir.display(), dir.display()
+    )]
+    Truncated {
+        /// The data directory.
+        dir: PathBuf,
+        /// The sequence number sled has.
+        found: u64,
+        /// The sequence number `meshkv.seq` recorded as committed.
+        committed: u64,
+    },
+    /// sled panicked while opening or reading the store (a damaged or missing file).
+    #[error(
+        "data directory {}: sled failed reading it ({reason}); a file is damaged or missing; \
+         move the directory aside and restart on an empty one to recover from the peers",
+        dir.display()
+    )]
+    Damaged {
+        /// The data directory.
+        dir: PathBuf,
+        /// sled's panic message.
+        reason: String,
+    },
     /// An earlier write or sync failed, so durability is unknown; restart to recover.
     #[error("storage failed earlier and refuses further writes (restart to recover): {0}")]
     Failed(String),
@@ -225,6 +276,10 @@ pub struct Storage {
     stats: StorageStats,
     /// Set when a write or sync failed (see the module docs).
     failed: Option<String>,
+    /// The last batch sequence number persisted.
+    seq: u64,
+    /// `meshkv.seq`, rewritten after every durable batch.
+    seq_file: File,
 }
 
 impl std::fmt::Debug for Storage {
@@ -256,10 +311,43 @@ impl Storage {
     pub fn open(
         dir: &Path,
         id: NodeId,
+        rid: NodeId,
+        cache_bytes: u64,
+        limits: Limits,
+    ) -> Result<(Storage, Replica), StorageError> {
+        // sled panics on some damage (a missing or damaged blob file): that is a
+        // refusal like any other, not a crash. The default hook's report is held back.
+        let hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(|_| {}));
+        let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            Self::open_inner(dir, id, rid, cache_bytes, limits)
+        }));
+        std::panic::set_hook(hook);
+        match opened {
+            Ok(r) => r,
+            Err(p) => {
+                let reason = p
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "panic".into());
+                Err(StorageError::Damaged {
+                    dir: dir.to_path_buf(),
+                    reason: reason.lines().next().unwrap_or("").to_string(),
+                })
+            }
+        }
+    }
+
+    fn open_inner(
+        dir: &Path,
+        id: NodeId,
+        rid: NodeId,
         cache_bytes: u64,
         limits: Limits,
     ) -> Result<(Storage, Replica), StorageError> {
         let state = inspect_dir(dir, id)?;
+        let committed = read_seq_file(dir)?;
         let db = sled::Config::new()
             .path(dir)
             .cache_capacity(cache_bytes)
@@ -292,6 +380,21 @@ impl Storage {
         } else {
             check_records(&db, dir, id)?;
         }
+        let seq = read_seq(&db)?;
+        if let Some(committed) = committed.filter(|c| *c > seq) {
+            return Err(StorageError::Truncated {
+                dir: dir.to_path_buf(),
+                found: seq,
+                committed,
+            });
+        }
+        let seq_path = dir.join(SEQ_FILE);
+        let seq_file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&seq_path)
+            .map_err(|e| StorageError::io(format!("opening {}", seq_path.display()), e))?;
         let syncer = FsSyncer::new(dir)?;
         if fresh {
             // The first start is complete (and the directory ours) once this exists.
@@ -304,16 +407,34 @@ impl Storage {
             }
         }
         let (meta, entries, log) = load(&db)?;
-        let replica = Replica::restore(id, limits, meta.clone(), entries, log);
-        let storage = Storage {
+        let wall = crate::clock::wall_micros();
+        let replica = Replica::restore(id, rid, limits, meta.clone(), entries, log, wall);
+        let mut storage = Storage {
             dir: dir.to_path_buf(),
             db,
             syncer: Box::new(syncer),
             meta,
             stats: StorageStats::default(),
             failed: None,
+            seq,
+            seq_file,
         };
+        storage.write_seq_file();
         Ok((storage, replica))
+    }
+
+    /// Record the last durable batch in `meshkv.seq` (see the module docs). Best
+    /// effort: a failure only weakens the damage check.
+    fn write_seq_file(&mut self) {
+        use std::os::unix::fs::FileExt;
+        let mut buf = [0u8; 24];
+        buf[..8].copy_from_slice(SEQ_MAGIC);
+        buf[8..16].copy_from_slice(&self.seq.to_le_bytes());
+        let sum = xxhash_rust::xxh3::xxh3_64(&buf[..16]);
+        buf[16..].copy_from_slice(&sum.to_le_bytes());
+        if let Err(e) = self.seq_file.write_all_at(&buf, 0) {
+            tracing::warn!("cannot write {}/{SEQ_FILE}: {e}", self.dir.display());
+        }
     }
 
     /// Replace the syncer (tests).
@@ -369,6 +490,8 @@ impl Storage {
         let meta = encode(&st.meta, "meta")?;
         bytes += (KEY_META.len() + meta.len()) as u64;
         batch.insert(KEY_META, meta);
+        let seq = self.seq + 1;
+        batch.insert(KEY_SEQ, &seq.to_be_bytes()[..]);
 
         self.db
             .apply_batch(batch)
@@ -385,6 +508,8 @@ impl Storage {
         self.stats.fsyncs += 1;
         self.stats.last_sync_micros = started.elapsed().as_micros() as u64;
         self.meta = st.meta.clone();
+        self.seq = seq;
+        self.write_seq_file();
         Ok(())
     }
 
@@ -437,6 +562,7 @@ fn inspect_dir(dir: &Path, id: NodeId) -> Result<DirState, StorageError> {
         let s = name.to_string_lossy();
         let known = s == ID_FILE
             || s == ID_TMP
+            || s == SEQ_FILE
             || s == "conf"
             || s == "db"
             || s == "blobs"
@@ -540,6 +666,51 @@ fn write_id_file(dir: &Path, id: NodeId) -> Result<(), StorageError> {
     fsync_path(dir).map_err(|e| io("fsync", dir, e))
 }
 
+/// The committed batch recorded in `meshkv.seq`; `None` when there is none yet.
+fn read_seq_file(dir: &Path) -> Result<Option<u64>, StorageError> {
+    let path = dir.join(SEQ_FILE);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(StorageError::io(format!("reading {}", path.display()), e)),
+    };
+    if bytes.is_empty() {
+        // Created, then the process died before the first write.
+        return Ok(None);
+    }
+    let ok = bytes.len() == 24
+        && &bytes[..8] == SEQ_MAGIC
+        && bytes[16..] == xxhash_rust::xxh3::xxh3_64(&bytes[..16]).to_le_bytes();
+    if !ok {
+        return Err(StorageError::Corrupt {
+            key: path.display().to_string(),
+            reason: "the committed-batch marker is damaged (bad length, magic or checksum); \
+                     move the directory aside and restart on an empty one to recover from \
+                     the peers"
+                .into(),
+        });
+    }
+    let mut n = [0u8; 8];
+    n.copy_from_slice(&bytes[8..16]);
+    Ok(Some(u64::from_le_bytes(n)))
+}
+
+/// The batch sequence number sled holds (0 for a store written before it existed).
+fn read_seq(db: &sled::Db) -> Result<u64, StorageError> {
+    match db
+        .get(KEY_SEQ)
+        .map_err(|e| StorageError::db("reading the batch sequence", e))?
+    {
+        None => Ok(0),
+        Some(v) => {
+            let b: [u8; 8] = v.as_ref().try_into().map_err(|_| {
+                StorageError::corrupt(KEY_SEQ, format!("{} bytes, expected 8", v.len()))
+            })?;
+            Ok(u64::from_be_bytes(b))
+        }
+    }
+}
+
 /// Check that the records inside sled agree with the identity file.
 fn check_records(db: &sled::Db, dir: &Path, id: NodeId) -> Result<(), StorageError> {
     let marker = db
@@ -599,7 +770,7 @@ fn load(db: &sled::Db) -> Result<Loaded, StorageError> {
             log.push((parse_dot(&k, rest)?, v.to_vec()));
         } else if k.as_ref() == KEY_META {
             meta = Some(decode::<Meta>(&k, &v)?);
-        } else if k.as_ref() != KEY_FORMAT && k.as_ref() != KEY_NODE {
+        } else if k.as_ref() != KEY_FORMAT && k.as_ref() != KEY_NODE && k.as_ref() != KEY_SEQ {
             return Err(StorageError::corrupt(&k, "unexpected record"));
         }
     }
@@ -799,7 +970,7 @@ mod tests {
     fn fresh_store_layout() {
         let t = tmp();
         let dir = t.path().join("data");
-        let (s, r) = Storage::open(&dir, 4, 1 << 20, Limits::default()).unwrap();
+        let (s, r) = Storage::open(&dir, 4, 1000 + 4, 1 << 20, Limits::default()).unwrap();
         assert_eq!(r.id(), 4);
         assert_eq!(r.meta(), Meta::default());
         assert_eq!(s.db.get(KEY_FORMAT).unwrap().unwrap().as_ref(), FORMAT);
@@ -813,25 +984,25 @@ mod tests {
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         names.sort();
-        assert_eq!(names, ["blobs", "conf", "db", "meshkv.id"]);
+        assert_eq!(names, ["blobs", "conf", "db", "meshkv.id", "meshkv.seq"]);
         assert_eq!(
             std::fs::read_to_string(dir.join(ID_FILE)).unwrap(),
             "meshkv-1\nnode 4\n"
         );
         // Reopening is accepted.
-        Storage::open(&dir, 4, 1 << 20, Limits::default()).unwrap();
+        Storage::open(&dir, 4, 1000 + 4, 1 << 20, Limits::default()).unwrap();
     }
 
     fn corrupt_with(key: &[u8], value: &[u8]) -> StorageError {
         let t = tmp();
         let dir = t.path().join("data");
-        drop(Storage::open(&dir, 1, 1 << 20, Limits::default()).unwrap());
+        drop(Storage::open(&dir, 1, 1000 + 1, 1 << 20, Limits::default()).unwrap());
         {
             let db = sled::open(&dir).unwrap();
             db.insert(key, value).unwrap();
             db.flush().unwrap();
         }
-        Storage::open(&dir, 1, 1 << 20, Limits::default()).unwrap_err()
+        Storage::open(&dir, 1, 1000 + 1, 1 << 20, Limits::default()).unwrap_err()
     }
 
     #[test]
@@ -878,7 +1049,7 @@ mod tests {
     fn real_syncer_fsyncs_new_blobs_once() {
         let t = tmp();
         let dir = t.path().join("data");
-        let (s, _) = Storage::open(&dir, 1, 1 << 20, Limits::default()).unwrap();
+        let (s, _) = Storage::open(&dir, 1, 1000 + 1, 1 << 20, Limits::default()).unwrap();
         drop(s);
         let blob = dir.join("blobs").join("12345");
         std::fs::write(&blob, b"blob").unwrap();
@@ -897,7 +1068,7 @@ mod tests {
     fn real_syncer_tracks_the_directory_listing() {
         let t = tmp();
         let dir = t.path().join("data");
-        let (s, _) = Storage::open(&dir, 1, 1 << 20, Limits::default()).unwrap();
+        let (s, _) = Storage::open(&dir, 1, 1000 + 1, 1 << 20, Limits::default()).unwrap();
         drop(s);
         let mut syncer = FsSyncer::new(&dir).unwrap();
         let at_open = syncer.synced_listing.clone();
@@ -930,7 +1101,7 @@ mod tests {
             }
         }
         let t = tmp();
-        let (s, mut r) = Storage::open(t.path(), 1, 1 << 20, Limits::default()).unwrap();
+        let (s, mut r) = Storage::open(t.path(), 1, 1001, 1 << 20, Limits::default()).unwrap();
         let mut s = s.with_syncer(Box::new(Failing));
         let put = |k: &str| meshkv_core::replica::Op::Put {
             key: k.into(),

@@ -10,190 +10,17 @@ use bytes::Bytes;
 use hyper::Method;
 use meshkv_core::Version;
 use meshkv_node::cli::{tls_config, Endpoint, HttpClient, Reply};
-use meshkv_node::http::{encode_key, format_version, parse_version};
+use meshkv_node::http::format_version;
 use meshkv_node::pki::{self, Ca, Identity};
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod support;
 
-const AFTER: &str = "x-meshkv-after";
-const WAIT: &str = "x-meshkv-wait-ms";
-const VERSION: &str = "x-meshkv-version";
-
-/// A child process, killed and reaped on drop.
-struct Proc {
-    child: Child,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-struct Node {
-    id: u64,
-    quic_port: u16,
-    config: PathBuf,
-    proc: Option<Proc>,
-    http: Option<Endpoint>,
-}
-
-/// A cluster of `meshkv serve` processes in a temp dir.
-struct Cluster {
-    dir: tempfile::TempDir,
-    nodes: Vec<Node>,
-}
-
-/// Options for one node's config.
-#[derive(Clone, Default)]
-struct NodeCfg {
-    /// Peers listed in the config (ids); `None`: every node.
-    peers: Option<Vec<u64>>,
-    /// Extra lines for `[http]`.
-    http: String,
-    /// Extra lines for `[limits]`.
-    limits: String,
-}
-
-impl Cluster {
-    /// Write certificates and configs for `cfgs.len()` servers; start none.
-    fn new(cfgs: &[NodeCfg]) -> Result<Cluster> {
-        let dir = tempfile::tempdir()?;
-        let n = cfgs.len() as u64;
-        support::write_certs(dir.path(), n)?;
-        let ports = support::reserve_udp_ports(n)?;
-        let mut nodes = Vec::new();
-        for (i, c) in cfgs.iter().enumerate() {
-            let id = i as u64;
-            let peers = c.peers.clone().unwrap_or_else(|| (0..n).collect());
-            let text = support::server_config(id, &ports, &peers, &c.http, &c.limits);
-            let config = dir.path().join(format!("node{id}.toml"));
-            std::fs::write(&config, text)?;
-            nodes.push(Node {
-                id,
-                quic_port: ports[i],
-                config,
-                proc: None,
-                http: None,
-            });
-        }
-        Ok(Cluster { dir, nodes })
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    /// Start node `i` and wait for its "serving" line.
-    fn start(&mut self, i: usize) -> Result<Endpoint> {
-        let node = &mut self.nodes[i];
-        let log = self.dir.path().join(format!("node{}.log", node.id));
-        let (child, line) = support::spawn_serve(&node.config, &log)?;
-        let guard = Proc { child };
-        let url = support::http_url(&line).ok_or_else(|| {
-            let log = std::fs::read_to_string(&log).unwrap_or_default();
-            anyhow!("node {} printed {line:?}; log: {log}", node.id)
-        })?;
-        if !line.contains(&format!("quic=127.0.0.1:{}", node.quic_port)) {
-            bail!("node {} printed {line:?}", node.id);
-        }
-        let ep = Endpoint::parse(url).map_err(|e| anyhow!(e))?;
-        node.proc = Some(guard);
-        node.http = Some(ep.clone());
-        Ok(ep)
-    }
-
-    fn start_all(&mut self) -> Result<()> {
-        for i in 0..self.nodes.len() {
-            self.start(i)?;
-        }
-        Ok(())
-    }
-
-    fn ep(&self, i: usize) -> Result<Endpoint> {
-        self.nodes[i]
-            .http
-            .clone()
-            .ok_or_else(|| anyhow!("node {i} not started"))
-    }
-
-    /// Wait until node `i` reports `want` peers with a link up.
-    async fn wait_links(&self, i: usize, want: usize, client: &HttpClient) -> Result<()> {
-        let ep = self.ep(i)?;
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(r) = client
-                .call(&ep, Method::GET, "/status", &[], Bytes::new())
-                .await
-            {
-                let v: serde_json::Value = serde_json::from_slice(&r.body)?;
-                let up = v["peers"]
-                    .as_array()
-                    .map(|a| a.iter().filter(|p| p["link"] == "up").count())
-                    .unwrap_or(0);
-                if up >= want {
-                    return Ok(());
-                }
-            }
-            if Instant::now() > deadline {
-                bail!("node {i} did not get {want} links up");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-fn plain() -> HttpClient {
-    HttpClient::new(None, None, Duration::from_secs(20))
-}
-
-fn kv(key: &[u8]) -> String {
-    format!("/kv/{}", encode_key(key))
-}
-
-async fn put(
-    c: &HttpClient,
-    ep: &Endpoint,
-    key: &[u8],
-    val: &[u8],
-    headers: &[(&str, String)],
-) -> Result<Reply> {
-    Ok(c.call(
-        ep,
-        Method::PUT,
-        &kv(key),
-        headers,
-        Bytes::copy_from_slice(val),
-    )
-    .await?)
-}
-
-async fn get(
-    c: &HttpClient,
-    ep: &Endpoint,
-    key: &[u8],
-    headers: &[(&str, String)],
-) -> Result<Reply> {
-    Ok(c.call(ep, Method::GET, &kv(key), headers, Bytes::new())
-        .await?)
-}
-
-fn version(r: &Reply) -> Result<Version> {
-    let v = r
-        .header(VERSION)
-        .ok_or_else(|| anyhow!("no version header in {} {:?}", r.status, r.body))?;
-    parse_version(v).map_err(|e| anyhow!(e))
-}
-
-fn after(v: &Version, wait_ms: u64) -> Vec<(&'static str, String)> {
-    vec![(AFTER, format_version(v)), (WAIT, wait_ms.to_string())]
-}
+use support::{after, get, kv, plain, put, version, Cluster, NodeCfg, AFTER, VERSION, WAIT};
 
 #[tokio::test]
 async fn round_trips_through_a_three_server_cluster() -> Result<()> {
@@ -211,14 +38,22 @@ async fn round_trips_through_a_three_server_cluster() -> Result<()> {
     assert_eq!(r.status, 201, "{r:?}");
     assert!(r.body.is_empty());
     let v1 = version(&r)?;
-    assert_eq!(v1.dot.origin, 0);
+    // The origin is node 0's current incarnation.
+    let st = c
+        .call(&e0, Method::GET, "/status", &[], Bytes::new())
+        .await?;
+    let st: serde_json::Value = serde_json::from_slice(&st.body)?;
+    assert_eq!(
+        st["incarnation"].as_str(),
+        Some(format!("{:016x}", v1.dot.origin).as_str())
+    );
 
     // Second put on another server, after the first: 200 with the old value.
     let r = put(&c, &e1, key, b"world", &after(&v1, 5000)).await?;
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(&r.body[..], b"hello");
     let v2 = version(&r)?;
-    assert_eq!(v2.dot.origin, 1);
+    assert_ne!(v2.dot.origin, v1.dot.origin, "another server's incarnation");
     assert!(v2 > v1, "a write after the token wins LWW");
     assert_eq!(
         r.header("x-meshkv-previous-version"),
@@ -352,6 +187,9 @@ async fn isolated_replica_answers_err_dep_and_waits_are_bounded() -> Result<()> 
     cl.start(0)?;
     cl.start(2)?;
     let c = plain();
+    // Node 0 waits for its catch-up timeout (node 1 is down), then serves.
+    cl.wait_ready(0, &c).await?;
+    cl.wait_ready(2, &c).await?;
     let (e0, e2) = (cl.ep(0)?, cl.ep(2)?);
 
     let v = version(&put(&c, &e0, b"k", b"v1", &[]).await?)?;
@@ -560,6 +398,7 @@ async fn bad_input_gets_a_4xx_and_the_server_keeps_serving() -> Result<()> {
         peers: Some(vec![]),
         http: "header_timeout_ms = 700\nbody_timeout_ms = 700".into(),
         limits: "max_key = 16\nmax_value = 64".into(),
+        ..Default::default()
     }])?;
     let ep = cl.start(0)?;
     let c = plain();
@@ -660,14 +499,16 @@ async fn bad_input_gets_a_4xx_and_the_server_keeps_serving() -> Result<()> {
             kv(b"k"),
             vec![(AFTER, "99999999999999999.0.1".into())],
             Bytes::new(),
-            400,
+            412,
         ),
         (
             Method::PUT,
             kv(b"k"),
+            // A token from the far future is not refused for its timestamp (it cannot
+            // move the clock past the offset bound); its write is unknown here: 412.
             vec![(AFTER, format!("{}.0.1", u64::MAX))],
             Bytes::from_static(b"v"),
-            400,
+            412,
         ),
     ];
     for (m, path, headers, body, want) in cases {

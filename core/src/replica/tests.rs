@@ -24,18 +24,21 @@ fn local_put_then_read_and_dep_rules() {
     let (v, _) = put(&mut r, b"k", b"a", 100);
     assert_eq!(v.dot, Dot::new(1, 1));
     assert_eq!(
-        r.read(b"k", Some(v.dot), 0),
+        r.read(b"k", Some(v.dot), 0, 100),
         ReadOutcome::Found {
             value: b"a".to_vec(),
             version: v
         }
     );
     // Dependency on a write this server has not seen: ERR_DEP, even for a missing key.
-    assert_eq!(r.read(b"k", Some(Dot::new(2, 1)), 0), ReadOutcome::Dep);
-    assert_eq!(r.read(b"zz", Some(Dot::new(2, 1)), 0), ReadOutcome::Dep);
+    assert_eq!(r.read(b"k", Some(Dot::new(2, 1)), 0, 100), ReadOutcome::Dep);
+    assert_eq!(
+        r.read(b"zz", Some(Dot::new(2, 1)), 0, 100),
+        ReadOutcome::Dep
+    );
     // No dependency and no value: ERR_KEY.
     assert_eq!(
-        r.read(b"zz", None, 0),
+        r.read(b"zz", None, 0, 100),
         ReadOutcome::Missing { version: None }
     );
 }
@@ -70,17 +73,142 @@ fn restore_never_reuses_a_dot_or_goes_back_in_time() {
     let (v2, _) = put(&mut r, b"a", b"2", 1_000);
     let entries: Vec<(Vec<u8>, Entry)> = vec![(b"a".to_vec(), r.entry(b"a").unwrap().clone())];
     let log: Vec<(Dot, Vec<u8>)> = vec![(v1.dot, b"a".to_vec()), (v2.dot, b"a".to_vec())];
-    let mut r2 = Replica::restore(3, Limits::default(), r.meta(), entries, log);
-    // Wall clock went back: still later, and a fresh dot.
+    let mut r2 = Replica::restore(3, 77, Limits::default(), r.meta(), entries, log, 10);
+    // Wall clock went back: still later, and a dot of the new incarnation.
     let (v3, _) = put(&mut r2, b"b", b"3", 10);
-    assert_eq!(v3.dot, Dot::new(3, 3));
+    assert_eq!(v3.dot, Dot::new(77, 1));
     assert!(v3.ts > v2.ts);
-    assert_eq!(r2.seen().get(3), 3);
-    assert_eq!(r2.root(), {
-        let mut r3 = r.clone();
-        let _ = put(&mut r3, b"b", b"3", 10);
-        r3.root()
-    });
+    assert_eq!(r2.seen().get(3), 2, "the earlier life's watermark is kept");
+    assert_eq!(r2.seen().get(77), 1);
+    assert_eq!(r2.entry(b"a"), r.entry(b"a"));
+}
+
+/// Restart server 2 of `c` from `disk` (what its data directory holds) as incarnation
+/// `rid`, the way the node does.
+fn restart_from(c: &mut SimCluster, disk: Option<&Replica>, rid: NodeId) {
+    let limits = Limits::default();
+    let mut r = match disk {
+        Some(d) => Replica::restore(
+            2,
+            rid,
+            limits,
+            d.meta(),
+            d.store.clone(),
+            d.log.clone(),
+            2_000_000,
+        ),
+        None => Replica::with_rid(2, rid, limits),
+    };
+    for o in [0, 1] {
+        r.add_member(o);
+        r.set_peer_rid(o, o);
+        r.set_connected(o, true);
+    }
+    c.nodes.insert(2, r);
+    for o in [0, 1] {
+        if let Some(n) = c.nodes.get_mut(&o) {
+            n.set_peer_rid(2, rid);
+        }
+    }
+}
+
+#[test]
+fn a_wiped_or_rolled_back_server_gets_its_writes_back_and_reuses_no_dot() {
+    for wipe in [false, true] {
+        let mut c = SimCluster::new(&[0, 1, 2], Limits::default());
+        let mut s = Session::new();
+        c.put(2, b"a", b"1", &mut s);
+        c.settle();
+        let backup = c.nodes[&2].clone();
+        let mut old = Vec::new();
+        for i in 0..5 {
+            old.push(c.put(2, format!("k{i}").as_bytes(), b"v", &mut s).dot);
+        }
+        c.settle();
+        restart_from(&mut c, (!wipe).then_some(&backup), 1002);
+        // New writes carry the new origin, so no dot of the earlier life is reused.
+        let mut s2 = Session::new();
+        let fresh = c.put(2, b"k0", b"new", &mut s2).dot;
+        assert_eq!(fresh, Dot::new(1002, 1));
+        assert!(!old.contains(&fresh));
+        c.settle();
+        assert!(c.converged(), "wipe={wipe}");
+        for n in [0, 1, 2] {
+            let dump = c.nodes[&n].dump();
+            assert_eq!(dump.len(), 6, "wipe={wipe} node {n}: {dump:?}");
+            assert!(dump.contains(&(b"k0".to_vec(), b"new".to_vec())));
+            assert_eq!(
+                c.nodes[&n].seen().get(2),
+                6,
+                "earlier life recovered on {n}"
+            );
+            assert_eq!(c.nodes[&n].seen().get(1002), 1);
+        }
+        // The first session still reads its own writes everywhere.
+        for n in [0, 1, 2] {
+            assert!(matches!(c.get(n, b"k3", &mut s), ReadOutcome::Found { .. }));
+        }
+    }
+}
+
+#[test]
+fn a_fast_peer_does_not_drag_the_clock_and_later_writes_still_win() {
+    let limits = Limits::default();
+    let hour = 3_600_000_000u64;
+    let wall = 10 * hour;
+    let mut fast = Replica::new(1, limits.clone());
+    let mut r = Replica::new(2, limits);
+    let (vf, relays) = put(&mut fast, b"k", b"fast", wall + hour);
+    let rel = relays.into_iter().next();
+    let entry = fast.entry(b"k").unwrap().clone();
+    let mut st = r.stage(
+        vec![Op::Apply {
+            key: b"k".to_vec(),
+            entry,
+            dots: rel.map(|r| r.dots).unwrap_or_default(),
+            from: Some(1),
+        }],
+        wall,
+    );
+    st.outcomes.clear();
+    r.commit(st);
+    assert!(
+        r.clock() <= wall + r.limits.max_clock_offset,
+        "clock not dragged"
+    );
+    assert_eq!(r.clock_skew().ahead, 1);
+    assert!(r.clock_skew().max_ahead_micros >= hour);
+    assert_eq!(r.max_ts(), vf.ts);
+    // Another key is stamped by the real clock...
+    let (vo, _) = put(&mut r, b"other", b"x", wall + 1);
+    assert!(vo.ts < wall + hour);
+    // ...while a write to the key the fast server wrote still wins over it.
+    let (vk, _) = put(&mut r, b"k", b"later", wall + 2);
+    assert!(vk > vf);
+    // A client token from the fast server is honoured, not refused, and a forged one
+    // cannot push a write past what the cluster has issued plus one.
+    assert!(matches!(
+        r.read(b"k", Some(vf.dot), vf.ts, wall + 3),
+        ReadOutcome::Found { .. }
+    ));
+    let mut st = r.stage(
+        vec![Op::Put {
+            key: b"z".to_vec(),
+            value: Some(b"1".to_vec()),
+            seen_ts: u64::MAX,
+        }],
+        wall + 4,
+    );
+    let Outcome::Put { version, .. } = st.outcomes.remove(0) else {
+        panic!("not a put")
+    };
+    assert!(version.ts <= r.max_ts().max(wall + 4 + r.limits.max_clock_offset) + 1);
+    assert!(
+        r.clock() <= wall + 4 + r.limits.max_clock_offset + 1,
+        "clock {} wall {wall} max_ts {} version {version:?}",
+        r.clock(),
+        r.max_ts()
+    );
 }
 
 #[test]
@@ -235,7 +363,9 @@ fn a_put_after_a_trim_in_the_same_batch_is_not_lost() {
     );
     assert!(st.removes.is_empty());
     r.commit(st);
-    assert!(matches!(r.read(b"k", None, 0), ReadOutcome::Found { value, .. } if value == b"back"));
+    assert!(
+        matches!(r.read(b"k", None, 0, 1_000), ReadOutcome::Found { value, .. } if value == b"back")
+    );
 }
 
 #[derive(Clone, Debug)]
