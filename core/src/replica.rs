@@ -59,6 +59,34 @@
 //!   echo of such a dropped key and is ignored, so nothing is resurrected.
 
 use crate::digest::{bucket_of, DigestTree};
+
+/// Prefix of the reserved keys that hold the cluster's membership: `MEMBER_PREFIX` +
+/// the decimal server id, whose value is the server's QUIC address (`host:port`) while
+/// it is a member and a tombstone once it was removed. They replicate, converge and
+/// persist like any key, so a membership change made on one server reaches every
+/// server (and survives restarts); clients cannot read or write them, and
+/// [`Replica::dump`] leaves them out.
+pub const MEMBER_PREFIX: &[u8] = b"\0meshkv/member/";
+
+/// The member key of server `id`.
+pub fn member_key(id: NodeId) -> Vec<u8> {
+    let mut k = MEMBER_PREFIX.to_vec();
+    k.extend_from_slice(id.to_string().as_bytes());
+    k
+}
+
+/// The server id a member key names, if `key` is one.
+pub fn member_of(key: &[u8]) -> Option<NodeId> {
+    std::str::from_utf8(key.strip_prefix(MEMBER_PREFIX)?)
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// Whether `key` is reserved (not for clients).
+pub fn is_reserved(key: &[u8]) -> bool {
+    key.starts_with(b"\0meshkv/")
+}
 use crate::entry::Entry;
 use crate::version::{Dot, NodeId, Version, VersionVector};
 use serde::{Deserialize, Serialize};
@@ -769,10 +797,12 @@ impl Replica {
         self.store.get(key)
     }
 
-    /// Live `(key, value)` pairs in key-byte order (tombstones left out).
+    /// Live `(key, value)` pairs in key-byte order (tombstones and reserved keys left
+    /// out).
     pub fn dump(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
         self.store
             .iter()
+            .filter(|(k, _)| !is_reserved(k))
             .filter_map(|(k, e)| e.value.as_ref().map(|v| (k.clone(), v.clone())))
             .collect()
     }
@@ -824,6 +854,30 @@ impl Replica {
         if id != self.id {
             self.peers.entry(id).or_default();
         }
+    }
+
+    /// Forget member `id` (it was removed from the cluster): trimming no longer waits
+    /// for it, and its watermarks are no longer kept.
+    pub fn remove_member(&mut self, id: NodeId) {
+        self.peers.remove(&id);
+    }
+
+    /// The membership recorded in the member keys: `(id, Some(addr))` for members,
+    /// `(id, None)` for removed servers.
+    pub fn member_records(&self) -> Vec<(NodeId, Option<String>)> {
+        let start = MEMBER_PREFIX.to_vec();
+        self.store
+            .range(start..)
+            .take_while(|(k, _)| k.starts_with(MEMBER_PREFIX))
+            .filter_map(|(k, e)| {
+                let id = member_of(k)?;
+                let addr = e
+                    .value
+                    .as_ref()
+                    .map(|v| String::from_utf8_lossy(v).into_owned());
+                Some((id, addr))
+            })
+            .collect()
     }
 
     /// Known members other than this server.

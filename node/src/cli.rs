@@ -841,6 +841,90 @@ pub async fn write(args: &ClientArgs, key: &[u8], value: Option<Vec<u8>>, prev: 
     )
 }
 
+/// What `meshkv member` does.
+#[derive(Clone, Debug)]
+pub enum MemberOp {
+    /// Add server `id` at a QUIC address (or change its address).
+    Add(u64, String),
+    /// Remove server `id`.
+    Remove(u64),
+    /// Print the membership.
+    List,
+}
+
+/// `meshkv member add|remove|list`: sent to the first endpoint that answers; the
+/// change is a replicated record, so one server is enough.
+pub async fn member(args: &ClientArgs, op: MemberOp) -> u8 {
+    finish(
+        async {
+            let ctx = args.ctx()?;
+            let (method, path, body) = match &op {
+                MemberOp::Add(id, addr) => {
+                    if addr.parse::<std::net::SocketAddr>().is_err() {
+                        return Err(Fail(
+                            exit::USAGE,
+                            format!("{addr:?} is not a QUIC address (ip:port)"),
+                        ));
+                    }
+                    (
+                        Method::PUT,
+                        format!("/members/{id}"),
+                        Bytes::from(addr.clone()),
+                    )
+                }
+                MemberOp::Remove(id) => (Method::DELETE, format!("/members/{id}"), Bytes::new()),
+                MemberOp::List => (Method::GET, "/members".to_string(), Bytes::new()),
+            };
+            let mut errs = Vec::new();
+            for ep in &ctx.endpoints {
+                match ctx
+                    .client
+                    .call(ep, method.clone(), &path, &[], body.clone())
+                    .await
+                {
+                    Err(e) => errs.push(format!("{ep}: {e}")),
+                    Ok(r) if r.status == 503 => errs.push(format!("{ep}: 503 {}", r.line())),
+                    Ok(r) if r.status != 200 => return Err(refused(ep, &r)),
+                    Ok(r) => {
+                        if let MemberOp::List = op {
+                            let list: Vec<serde_json::Value> = serde_json::from_slice(&r.body)
+                                .map_err(|e| Fail(exit::REFUSED, format!("{ep}: bad JSON: {e}")))?;
+                            let mut text = String::new();
+                            for m in list {
+                                let f = |k: &str| {
+                                    m.get(k)
+                                        .map(|v| {
+                                            v.as_str().map(str::to_string).unwrap_or(v.to_string())
+                                        })
+                                        .unwrap_or_default()
+                                };
+                                text.push_str(&format!(
+                                    "{}\t{}\t{}\t{}\n",
+                                    f("id"),
+                                    f("state"),
+                                    f("link"),
+                                    if f("addr") == "null" {
+                                        "-".into()
+                                    } else {
+                                        f("addr")
+                                    }
+                                ));
+                            }
+                            write_out(text.as_bytes(), false)?;
+                        }
+                        return Ok(exit::OK);
+                    }
+                }
+            }
+            Err(Fail(
+                exit::UNREACHABLE,
+                format!("unreachable: {}", errs.join("; ")),
+            ))
+        }
+        .await,
+    )
+}
+
 /// Read a value from stdin (`meshkv put KEY` without VALUE).
 pub fn stdin_value() -> Result<Vec<u8>, String> {
     let mut v = Vec::new();

@@ -33,6 +33,7 @@
 //! [limits]
 //! max_key = 1024                        # bytes; 414 past it
 //! max_value = 1048576                   # bytes; 413 past it
+//! min_free_bytes = 67108864             # below it: writes 507 ERR_DISK_FULL, reads go on
 //! ```
 //!
 //! Both listeners default to loopback: a server is reachable from other machines only
@@ -172,6 +173,9 @@ pub struct Limits {
     pub max_key: usize,
     /// Largest value in bytes.
     pub max_value: usize,
+    /// Free space the data directory's file system must keep; below it writes get
+    /// `507 ERR_DISK_FULL` and reads go on.
+    pub min_free_bytes: u64,
 }
 
 impl Default for Limits {
@@ -179,6 +183,7 @@ impl Default for Limits {
         Limits {
             max_key: 1024,
             max_value: 1 << 20,
+            min_free_bytes: 64 << 20,
         }
     }
 }
@@ -295,6 +300,7 @@ impl Config {
         let mut o = ServerOpts::new(self.id, self.path(&self.data_dir), self.quic_listen, tls);
         o.max_key = self.limits.max_key;
         o.max_value = self.limits.max_value;
+        o.min_free_bytes = self.limits.min_free_bytes;
         o
     }
 

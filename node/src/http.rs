@@ -9,6 +9,9 @@
 //! | `DELETE /kv/{key}` | writes a tombstone (replicated like a put): `200` + the previous value, or `204` when there was none |
 //! | `GET /health` (also `/health/live`) | `200 ok`: the process serves HTTP (never needs a token) |
 //! | `GET /health/ready` | `200 ready` once the server has caught up after its start (a sync round with every peer it can reach, or the catch-up timeout passed); `503` + `Retry-After` before. Until then `/kv` answers `503 ERR_NOT_READY` too |
+//! | `GET /members` | `200` + JSON: every server this one knows, with address, `state` (`self`, `member`, `removed`) and `link` |
+//! | `PUT /members/{id}` + `ip:port` | adds server `id` at that QUIC address (or changes it): a replicated, persisted member record; every server links to it |
+//! | `DELETE /members/{id}` | removes server `id`: every server cuts and refuses it, and trimming stops waiting for it |
 //! | `GET /status` | `200` + JSON: [`crate::server::Status`] plus `http` (this listener's address) |
 //! | `GET /metrics` | Prometheus/OpenMetrics text, see [`crate::metrics`] |
 //!
@@ -1054,6 +1057,8 @@ fn router(app: Shared) -> Router {
         .route("/health/live", any(health))
         .route("/health/ready", any(health_ready))
         .route("/status", any(status))
+        .route("/members", any(members))
+        .route("/members/{id}", any(member))
         .route("/metrics", any(metrics_route))
         .fallback(unknown)
         .layer(middleware::from_fn_with_state(app.clone(), observe))
@@ -1079,6 +1084,7 @@ fn route_label(path: &str) -> &'static str {
         match path {
             "/health" | "/health/live" => "/health",
             "/health/ready" => "/health/ready",
+            p if p == "/members" || p.starts_with("/members/") => "/members",
             "/status" => "/status",
             "/metrics" => "/metrics",
             _ => "other",
@@ -1149,7 +1155,7 @@ async fn unknown(req: Request) -> Response {
     reason(
         StatusCode::NOT_FOUND,
         &format!(
-            "unknown path {}; the routes are /kv/{{key}}, /health, /health/ready, /status, /metrics",
+            "unknown path {}; the routes are /kv/{{key}}, /health, /health/ready, /status, /metrics, /members",
             req.uri().path()
         ),
     )
@@ -1162,16 +1168,86 @@ async fn health(req: Request) -> Response {
     }
 }
 
+/// `GET /members`: the membership as this server knows it (JSON array).
+async fn members(State(app): State<Shared>, req: Request) -> Response {
+    if !matches!(*req.method(), Method::GET | Method::HEAD) {
+        return method_not_allowed("GET, HEAD");
+    }
+    match serde_json::to_string(&app.server.members()) {
+        Ok(mut body) => {
+            body.push('\n');
+            (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "application/json")],
+                body,
+            )
+                .into_response()
+        }
+        Err(e) => reason(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &format!("cannot encode members: {e}"),
+        ),
+    }
+}
+
+/// `PUT /members/{id}` with the server's QUIC address (`ip:port`) as the body adds it
+/// (or changes its address); `DELETE /members/{id}` removes it. Both are replicated
+/// member records, durable here when answered.
+async fn member(
+    State(app): State<Shared>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    req: Request,
+) -> Response {
+    let Ok(id) = id.parse::<u64>() else {
+        return reason(
+            StatusCode::BAD_REQUEST,
+            &format!("server id {id:?} is not a non-negative integer"),
+        );
+    };
+    let result = match *req.method() {
+        Method::PUT => {
+            let body = match axum::body::to_bytes(req.into_body(), 256).await {
+                Ok(b) => b,
+                Err(_) => {
+                    return reason(
+                        StatusCode::BAD_REQUEST,
+                        "the body must be the server's QUIC address (ip:port)",
+                    )
+                }
+            };
+            let text = String::from_utf8_lossy(&body);
+            let Ok(addr) = text.trim().parse::<SocketAddr>() else {
+                return reason(
+                    StatusCode::BAD_REQUEST,
+                    &format!("{:?} is not a QUIC address (ip:port)", text.trim()),
+                );
+            };
+            app.server.member_add(id, addr).await
+        }
+        Method::DELETE => app.server.member_remove(id).await,
+        _ => return method_not_allowed("PUT, DELETE"),
+    };
+    match result {
+        Ok(()) => reason(StatusCode::OK, "ok"),
+        Err(e) => server_error(e),
+    }
+}
+
 /// `200 ready` once the server has caught up after its start, else `503` with a
 /// retry hint (the probe a load balancer or orchestrator should use).
 async fn health_ready(State(app): State<Shared>, req: Request) -> Response {
     if !matches!(*req.method(), Method::GET | Method::HEAD) {
         return method_not_allowed("GET, HEAD");
     }
-    if app.server.is_ready() {
-        reason(StatusCode::OK, "ready")
-    } else {
+    if !app.server.is_ready() {
         not_ready()
+    } else if app.server.is_disk_full() {
+        reason(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ERR_DISK_FULL: reads are served, writes are refused until disk space returns",
+        )
+    } else {
+        reason(StatusCode::OK, "ready")
     }
 }
 
@@ -1270,6 +1346,10 @@ fn server_error(e: ServerError) -> Response {
     match e {
         ServerError::Invalid(m) => reason(StatusCode::BAD_REQUEST, &m),
         ServerError::Stopped => reason(StatusCode::SERVICE_UNAVAILABLE, "server is shutting down"),
+        ServerError::DiskFull(m) => reason(
+            StatusCode::INSUFFICIENT_STORAGE,
+            &format!("ERR_DISK_FULL: {m}"),
+        ),
         other => reason(StatusCode::INTERNAL_SERVER_ERROR, &other.to_string()),
     }
 }

@@ -90,6 +90,12 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Change or list the cluster's membership (one endpoint is enough: the change is
+    /// replicated to every server).
+    Member {
+        #[command(subcommand)]
+        cmd: MemberCmd,
+    },
     /// Run a client driven by the master over stdin/stdout (exits when stdin closes).
     Client {
         /// Client id.
@@ -103,6 +109,33 @@ enum Cmd {
     Certs {
         #[command(subcommand)]
         cmd: CertsCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum MemberCmd {
+    /// Add server ID, reachable at ADDR (its QUIC ip:port), or change its address.
+    Add {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Server id.
+        id: u64,
+        /// Its QUIC address.
+        addr: String,
+    },
+    /// Remove server ID: every server cuts and refuses it, and stops keeping history
+    /// for it. Remove only a server that is gone for good or was stabilized first.
+    Remove {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Server id.
+        id: u64,
+    },
+    /// List the members as the first reachable endpoint knows them
+    /// (id, state, link, address; tab-separated).
+    List {
+        #[command(flatten)]
+        client: ClientArgs,
     },
 }
 
@@ -188,6 +221,14 @@ async fn run(cli: Cli) -> Result<u8, String> {
             Ok(cli::write(&client, &cli::arg_bytes(&key), None, prev).await)
         }
         Cmd::Status { client, json } => Ok(cli::status(&client, json).await),
+        Cmd::Member { cmd } => {
+            let (client, op) = match cmd {
+                MemberCmd::Add { client, id, addr } => (client, cli::MemberOp::Add(id, addr)),
+                MemberCmd::Remove { client, id } => (client, cli::MemberOp::Remove(id)),
+                MemberCmd::List { client } => (client, cli::MemberOp::List),
+            };
+            Ok(cli::member(&client, op).await)
+        }
         Cmd::Client { id, certs } => {
             let tls = material(&certs, Identity::client(id))?;
             let client = Client::new(&tls, &NetTuning::default()).map_err(|e| e.to_string())?;

@@ -65,6 +65,9 @@ pub struct ServerOpts {
     /// The peers known at start (from a config file): linked before readiness is
     /// first evaluated, so the server catches up with them before serving.
     pub peers: Vec<(NodeId, SocketAddr)>,
+    /// Free space the data directory's file system must keep: below it, writes are
+    /// refused with `ERR_DISK_FULL` (so sled never runs out mid-batch) and reads go on.
+    pub min_free_bytes: u64,
 }
 
 impl ServerOpts {
@@ -84,6 +87,7 @@ impl ServerOpts {
             max_value: 1 << 20,
             catchup_timeout: Duration::from_secs(3),
             peers: Vec::new(),
+            min_free_bytes: 64 << 20,
         }
     }
 }
@@ -106,11 +110,15 @@ pub enum ServerError {
     /// A request was refused.
     #[error("{0}")]
     Invalid(String),
+    /// The data directory's file system has less free space than the reserve: writes
+    /// are refused (reads still served) until space returns.
+    #[error("ERR_DISK_FULL: {0}")]
+    DiskFull(String),
 }
 
 struct CommitJob {
     ops: Vec<Op>,
-    reply: Option<oneshot::Sender<Vec<Outcome>>>,
+    reply: Option<oneshot::Sender<Result<Vec<Outcome>, ServerError>>>,
 }
 
 /// Per-peer counters, shown in status.
@@ -156,6 +164,10 @@ struct Shared {
     duplicates_refused: AtomicU64,
     /// Set when a peer refused this process as a duplicate of a live server.
     refused_as_duplicate: Mutex<Option<String>>,
+    /// Servers removed from the cluster (member keys with a tombstone): refused.
+    removed: Mutex<BTreeSet<NodeId>>,
+    /// Whether the last batch found the disk below the free-space reserve.
+    disk_full: std::sync::atomic::AtomicBool,
     opts: ServerOpts,
     replica: Mutex<Replica>,
     commit_tx: mpsc::Sender<CommitJob>,
@@ -233,6 +245,8 @@ impl Server {
             ready_note: Mutex::new(None),
             duplicates_refused: AtomicU64::new(0),
             refused_as_duplicate: Mutex::new(None),
+            disk_full: std::sync::atomic::AtomicBool::new(false),
+            removed: Mutex::new(BTreeSet::new()),
             opts: opts.clone(),
             storage_stats: Mutex::new(storage.stats()),
             replica: Mutex::new(replica),
@@ -262,6 +276,10 @@ impl Server {
         for (id, addr) in &opts.peers {
             sh.set_peer(*id, Some(*addr));
         }
+        // Membership changes made at runtime (persisted as member keys) override the
+        // peers of the config file.
+        let records = lock(&sh.replica).member_records();
+        sh.apply_members(records);
         tokio::spawn(sh.clone().readiness());
         Ok(Server { sh })
     }
@@ -363,6 +381,11 @@ impl Server {
         if key.is_empty() {
             return Err(ServerError::Invalid("empty key".into()));
         }
+        if meshkv_core::replica::is_reserved(key) {
+            return Err(ServerError::Invalid(
+                "keys starting with a zero byte and \"meshkv/\" are reserved".into(),
+            ));
+        }
         if key.len() > self.sh.opts.max_key {
             return Err(ServerError::Invalid(format!(
                 "key of {} bytes exceeds the {}-byte limit",
@@ -393,6 +416,93 @@ impl Server {
     /// Status of the server and its background tasks.
     pub fn status(&self) -> Status {
         self.sh.status()
+    }
+
+    /// Add server `id` at `addr` to the cluster (or change its address): a replicated,
+    /// persisted member record; every server links to it once the record reaches it.
+    pub async fn member_add(&self, id: NodeId, addr: SocketAddr) -> Result<(), ServerError> {
+        self.member_write(id, Some(addr.to_string().into_bytes()))
+            .await
+    }
+
+    /// Remove server `id` from the cluster: every server cuts and refuses it and stops
+    /// keeping log records and tombstones for it.
+    pub async fn member_remove(&self, id: NodeId) -> Result<(), ServerError> {
+        if id == self.sh.id {
+            return Err(ServerError::Invalid(
+                "a server cannot remove itself: ask another member".into(),
+            ));
+        }
+        self.member_write(id, None).await
+    }
+
+    async fn member_write(&self, id: NodeId, value: Option<Vec<u8>>) -> Result<(), ServerError> {
+        let key = meshkv_core::replica::member_key(id);
+        self.sh
+            .commit(vec![Op::Put {
+                key,
+                value,
+                seen_ts: 0,
+            }])
+            .await
+            .map(|_| ())
+    }
+
+    /// The membership as this server knows it: every server it links to or was told
+    /// of, with its address, link state and whether it was removed.
+    pub fn members(&self) -> Vec<MemberStatus> {
+        let mut out: BTreeMap<NodeId, MemberStatus> = BTreeMap::new();
+        out.insert(
+            self.sh.id,
+            MemberStatus {
+                id: self.sh.id,
+                addr: self.quic_addr().map(|a| a.to_string()),
+                state: "self",
+                link: "self",
+            },
+        );
+        for (id, p) in lock(&self.sh.peers).iter() {
+            out.insert(
+                *id,
+                MemberStatus {
+                    id: *id,
+                    addr: p.addr.map(|a| a.to_string()),
+                    state: "member",
+                    link: if p.blocked {
+                        "blocked"
+                    } else if p.conn.is_some() {
+                        "up"
+                    } else {
+                        "down"
+                    },
+                },
+            );
+        }
+        for id in lock(&self.sh.replica).members() {
+            out.entry(id).or_insert(MemberStatus {
+                id,
+                addr: None,
+                state: "member",
+                link: "down",
+            });
+        }
+        for id in lock(&self.sh.removed).iter() {
+            out.insert(
+                *id,
+                MemberStatus {
+                    id: *id,
+                    addr: None,
+                    state: "removed",
+                    link: "refused",
+                },
+            );
+        }
+        out.into_values().collect()
+    }
+
+    /// Whether writes are refused because the disk is below the free-space reserve.
+    pub fn is_disk_full(&self) -> bool {
+        self.sh.below_reserve()
     }
 
     /// Whether the server has caught up after its start (or given up waiting) and
@@ -439,6 +549,19 @@ impl Server {
     }
 }
 
+/// One line of [`Server::members`].
+#[derive(Clone, Debug, Serialize)]
+pub struct MemberStatus {
+    /// Server id.
+    pub id: NodeId,
+    /// Its QUIC address, when known.
+    pub addr: Option<String>,
+    /// `self`, `member` or `removed`.
+    pub state: &'static str,
+    /// `self`, `up`, `down`, `blocked` or `refused`.
+    pub link: &'static str,
+}
+
 /// The clock part of [`Status`].
 #[derive(Clone, Debug, Serialize)]
 pub struct ClockStatus {
@@ -475,6 +598,8 @@ pub struct Status {
     pub ready_note: Option<String>,
     /// The hybrid clock against the wall clock, and what the offset bound refused.
     pub clock: ClockStatus,
+    /// Writes are refused: the disk is below the free-space reserve.
+    pub disk_full: bool,
     /// Incoming connections refused as duplicates of a live server's id.
     pub duplicates_refused: u64,
     /// Set when a peer refused this process as a duplicate of a live server.
@@ -561,6 +686,17 @@ fn commit_loop(sh: Arc<Shared>, mut storage: Storage, mut rx: mpsc::Receiver<Com
                 Err(_) => break,
             }
         }
+        // Below the free-space reserve nothing is staged: writers get ERR_DISK_FULL,
+        // pushes are dropped (anti-entropy brings them back once space returns), and
+        // reads go on. Checked before every batch, so the server recovers by itself.
+        if let Some(why) = sh.disk_full(&storage) {
+            for job in jobs {
+                if let Some(r) = job.reply {
+                    let _ = r.send(Err(ServerError::DiskFull(why.clone())));
+                }
+            }
+            continue;
+        }
         let mut counts = Vec::with_capacity(jobs.len());
         let mut ops = Vec::new();
         for j in &mut jobs {
@@ -591,12 +727,27 @@ fn commit_loop(sh: Arc<Shared>, mut storage: Storage, mut rx: mpsc::Receiver<Com
         }
         *lock(&sh.storage_stats) = storage.stats();
         let outcomes = std::mem::take(&mut st.outcomes);
+        let members: Vec<(NodeId, Option<String>)> = st
+            .writes
+            .iter()
+            .filter_map(|(k, e)| {
+                let id = meshkv_core::replica::member_of(k)?;
+                let addr = e
+                    .value
+                    .as_ref()
+                    .map(|v| String::from_utf8_lossy(v).into_owned());
+                Some((id, addr))
+            })
+            .collect();
         let relays = lock(&sh.replica).commit(st);
+        if !members.is_empty() {
+            sh.apply_members(members);
+        }
         let mut it = outcomes.into_iter();
         for (job, c) in jobs.into_iter().zip(counts) {
             let mine: Vec<Outcome> = it.by_ref().take(c).collect();
             if let Some(r) = job.reply {
-                let _ = r.send(mine);
+                let _ = r.send(Ok(mine));
             }
         }
         sh.dispatch(relays);
@@ -655,7 +806,75 @@ impl Shared {
             })
             .await
             .map_err(|_| ServerError::Stopped)?;
-        rx.await.map_err(|_| ServerError::Stopped)
+        rx.await.map_err(|_| ServerError::Stopped)?
+    }
+
+    /// Carry out membership records (from member keys): link to added servers, cut
+    /// and refuse removed ones, and stop waiting for them before trimming.
+    fn apply_members(self: &Arc<Self>, records: Vec<(NodeId, Option<String>)>) {
+        for (id, addr) in records {
+            if id == self.id {
+                if addr.is_none() {
+                    tracing::error!(
+                        "server {}: this server was removed from the cluster; its peers refuse it",
+                        self.id
+                    );
+                }
+                continue;
+            }
+            match addr.map(|a| a.parse::<SocketAddr>()) {
+                Some(Ok(a)) => {
+                    let was_removed = lock(&self.removed).remove(&id);
+                    let known = lock(&self.peers).get(&id).and_then(|p| p.addr);
+                    if was_removed || known != Some(a) {
+                        tracing::info!("server {}: member {id} at {a}", self.id);
+                        self.set_peer(id, Some(a));
+                    }
+                }
+                Some(Err(e)) => {
+                    tracing::warn!("server {}: member {id}: bad address: {e}", self.id)
+                }
+                None => {
+                    if lock(&self.removed).insert(id) {
+                        tracing::info!("server {}: server {id} removed from the cluster", self.id);
+                        self.block(id);
+                        lock(&self.peers).remove(&id);
+                        lock(&self.replica).remove_member(id);
+                        self.ready_changed.notify_waiters();
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether the data directory's file system is below the free-space reserve now.
+    fn below_reserve(&self) -> bool {
+        crate::storage::free_bytes(&self.opts.data_dir)
+            .is_ok_and(|free| free < self.opts.min_free_bytes)
+    }
+
+    /// `Some(reason)` while the data directory's free space is below the reserve; logs
+    /// each change between full and not full once.
+    fn disk_full(&self, storage: &Storage) -> Option<String> {
+        let reserve = self.opts.min_free_bytes;
+        let full = match storage.free_bytes() {
+            Ok(free) if free < reserve => Some(format!(
+                "{} has {free} bytes free, below the {reserve}-byte reserve; writes are refused until space returns",
+                storage.dir().display()
+            )),
+            Ok(_) => None,
+            Err(e) => {
+                tracing::warn!("server {}: cannot read free space: {e}", self.id);
+                None
+            }
+        };
+        let was = self.disk_full.swap(full.is_some(), Relaxed);
+        match (&full, was) {
+            (Some(why), false) => tracing::error!("server {}: disk full: {why}", self.id),
+            (None, true) => tracing::warn!("server {}: disk space is back; writes resume", self.id),
+            _ => {}
+        }
+        full
     }
 
     async fn commit_nowait(&self, ops: Vec<Op>) -> Result<(), ServerError> {
@@ -920,6 +1139,12 @@ impl Shared {
         let (tx, rx) = mpsc::unbounded_channel();
         let (old, stats) = {
             let mut peers = lock(&self.peers);
+            if lock(&self.removed).contains(&id) {
+                drop(peers);
+                tracing::debug!("server {}: refusing removed server {id}", self.id);
+                conn.close(1u32.into(), b"removed from the cluster");
+                return;
+            }
             let p = peers.entry(id).or_default();
             if p.blocked {
                 drop(peers);
@@ -1223,8 +1448,9 @@ impl Shared {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            if self.commit(vec![Op::Trim]).await.is_err() {
-                return;
+            match self.commit(vec![Op::Trim]).await {
+                Ok(_) | Err(ServerError::DiskFull(_)) => {}
+                Err(_) => return,
             }
         }
     }
@@ -1317,6 +1543,7 @@ impl Shared {
             ready: self.ready.load(Relaxed),
             ready_note: lock(&self.ready_note).clone(),
             clock,
+            disk_full: self.below_reserve(),
             duplicates_refused: self.duplicates_refused.load(Relaxed),
             refused_as_duplicate: lock(&self.refused_as_duplicate).clone(),
             quic: self.endpoint.local_addr().ok().map(|a| a.to_string()),

@@ -518,6 +518,11 @@ impl Storage {
         self.stats.clone()
     }
 
+    /// Bytes available to this process on the data directory's file system.
+    pub fn free_bytes(&self) -> std::io::Result<u64> {
+        free_bytes(&self.dir)
+    }
+
     /// The data directory.
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -836,6 +841,19 @@ fn decode<T: serde::de::DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T,
 /// A key for messages: printable ASCII as is, other bytes escaped.
 fn show(key: &[u8]) -> String {
     key.escape_ascii().to_string()
+}
+
+/// Bytes available to unprivileged writers on the file system holding `dir`.
+pub fn free_bytes(dir: &Path) -> std::io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid NUL-terminated path and `st` a writable statvfs.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
 }
 
 fn fsync_path(path: &Path) -> std::io::Result<()> {

@@ -337,3 +337,205 @@ async fn a_restarted_server_answers_nothing_stale() -> Result<()> {
     }
     Ok(())
 }
+
+/// A tmpfs of `mb` MiB mounted at `dir`, unmounted (lazily) on drop. `None` when this
+/// process may not mount (not root).
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &std::path::Path, mb: u64) -> Option<Tmpfs> {
+        std::fs::create_dir_all(dir).ok()?;
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mb}m"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| Tmpfs(dir.to_path_buf()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[tokio::test]
+async fn a_full_disk_refuses_writes_serves_reads_and_recovers() -> Result<()> {
+    let mut cl = Cluster::new(&[NodeCfg {
+        peers: Some(vec![]),
+        limits: "min_free_bytes = 8388608".into(),
+        ..Default::default()
+    }])?;
+    // data0 -> fs/data0 on a 32 MiB tmpfs; the filler goes next to it, on the same
+    // file system but outside the store.
+    let fs_dir = cl.path().join("fs");
+    let Some(_fs) = Tmpfs::mount(&fs_dir, 32) else {
+        println!("skipped: cannot mount a tmpfs (needs root)");
+        return Ok(());
+    };
+    std::fs::create_dir(fs_dir.join("data0"))?;
+    std::os::unix::fs::symlink(fs_dir.join("data0"), cl.path().join("data0"))?;
+    let filler = fs_dir.join("filler");
+    let fill = || -> Result<()> {
+        use std::io::Write;
+        // Leave about 4 MiB: below the 8 MiB reserve, enough for sled to open.
+        let free = meshkv_node::storage::free_bytes(&fs_dir)?;
+        let mut w = std::io::BufWriter::new(std::fs::File::create(&filler)?);
+        let chunk = vec![7u8; 1 << 20];
+        let mut left = free.saturating_sub(4 << 20);
+        while left > 0 {
+            let n = left.min(chunk.len() as u64) as usize;
+            w.write_all(&chunk[..n])?;
+            left -= n as u64;
+        }
+        w.flush()?;
+        Ok(())
+    };
+    let c = plain();
+    let mut ep = cl.start(0)?;
+    cl.wait_ready(0, &c).await?;
+    assert_eq!(put(&c, &ep, b"a", b"1", &[]).await?.status, 201);
+    for restart in [false, true] {
+        fill()?;
+        if restart {
+            // A restart on a full disk comes up, read-only.
+            cl.nodes[0].proc = None;
+            ep = cl.start(0)?;
+            // (/health/ready says 503 while the disk is full: wait on status instead.)
+            let t = Instant::now();
+            while status(&c, &ep).await?["ready"] != true {
+                if t.elapsed() > Duration::from_secs(10) {
+                    bail!("not ready after a restart on a full disk");
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        let r = put(&c, &ep, b"b", b"2", &[]).await?;
+        assert_eq!(r.status, 507, "restart={restart}: {r:?}");
+        assert!(r.line().starts_with("ERR_DISK_FULL"), "{r:?}");
+        let r = get(&c, &ep, b"a", &[]).await?;
+        assert_eq!(
+            (r.status, &r.body[..]),
+            (200, &b"1"[..]),
+            "reads go on: {r:?}"
+        );
+        let r = c
+            .call(&ep, Method::GET, "/health/ready", &[], Bytes::new())
+            .await?;
+        assert_eq!(r.status, 503, "{r:?}");
+        assert!(status(&c, &ep).await?["disk_full"] == true);
+        std::fs::remove_file(&filler)?;
+        // No restart needed: the next write goes through.
+        let r = put(&c, &ep, b"b", b"2", &[]).await?;
+        assert!(matches!(r.status, 200 | 201), "restart={restart}: {r:?}");
+        assert!(status(&c, &ep).await?["disk_full"] == false);
+    }
+    Ok(())
+}
+
+/// Run the `meshkv` CLI; returns (exit code, stdout, stderr).
+fn meshkv(args: &[&str]) -> Result<(i32, String, String)> {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_meshkv"))
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()?;
+    Ok((
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
+#[tokio::test]
+async fn servers_join_and_leave_at_runtime() -> Result<()> {
+    // Servers 0-2 know only each other; 3 is not in their configs.
+    let three_peers = NodeCfg {
+        peers: Some(vec![0, 1, 2]),
+        ..Default::default()
+    };
+    let mut cl = Cluster::new(&[
+        three_peers.clone(),
+        three_peers.clone(),
+        three_peers,
+        NodeCfg {
+            peers: Some(vec![0]),
+            ..Default::default()
+        },
+    ])?;
+    let c = plain();
+    for i in 0..3 {
+        cl.start(i)?;
+    }
+    for i in 0..3 {
+        cl.wait_links(i, 2, &c).await?;
+    }
+    let url0 = cl.ep(0)?.url();
+    puts(&c, &cl.ep(1)?, "before", 100).await?;
+
+    // Add server 3 while writes go on.
+    cl.start(3)?;
+    let addr3 = format!("127.0.0.1:{}", cl.nodes[3].quic_port);
+    let (code, _, err) = meshkv(&["member", "add", "3", &addr3, "--endpoints", &url0])?;
+    assert_eq!(code, 0, "{err}");
+    puts(&c, &cl.ep(2)?, "during", 100).await?;
+    cl.wait_links(3, 3, &c).await?;
+    for i in 0..3 {
+        cl.wait_links(i, 3, &c).await?;
+    }
+    puts(&c, &cl.ep(3)?, "after-add", 100).await?;
+    let took = identical_within(&cl, &c, Duration::from_secs(10)).await?;
+    println!("server 3 added: 4 stores identical in {took:?}");
+    let (code, out, err) = meshkv(&["member", "list", "--endpoints", &cl.ep(1)?.url()])?;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.lines().count(), 4, "{out}");
+
+    // Server 2 goes away for good: while it is a member, trimming waits for it.
+    cl.nodes[2].proc = None;
+    puts(&c, &cl.ep(0)?, "while-down", 100).await?;
+    let logs = |st: &serde_json::Value| st["log_records"].as_u64().unwrap_or(0);
+    assert!(logs(&status(&c, &cl.ep(0)?).await?) >= 100);
+    let (code, _, err) = meshkv(&["member", "remove", "2", "--endpoints", &url0])?;
+    assert_eq!(code, 0, "{err}");
+    puts(&c, &cl.ep(3)?, "after-remove", 100).await?;
+    // The three left converge, and trimming resumes on each.
+    cl.nodes.remove(2);
+    identical_within(&cl, &c, Duration::from_secs(10)).await?;
+    let t = Instant::now();
+    for i in 0..3 {
+        loop {
+            let st = status(&c, &cl.ep(i)?).await?;
+            if logs(&st) == 0 {
+                break;
+            }
+            if t.elapsed() > Duration::from_secs(15) {
+                bail!("node {i} still keeps {} log records: {st}", logs(&st));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let (code, out, _) = meshkv(&["member", "list", "--endpoints", &url0])?;
+    assert_eq!(code, 0);
+    assert!(out.lines().any(|l| l.starts_with("2\tremoved")), "{out}");
+    // Every write made before, during and after is on every remaining server.
+    for i in 0..3 {
+        let ep = cl.ep(i)?;
+        for p in [
+            "before",
+            "during",
+            "after-add",
+            "while-down",
+            "after-remove",
+        ] {
+            for k in [0, 99] {
+                let key = format!("{p}{k}");
+                let r = get(&c, &ep, key.as_bytes(), &[]).await?;
+                assert_eq!(r.status, 200, "node {i} {key}: {r:?}");
+            }
+        }
+    }
+    Ok(())
+}
