@@ -16,6 +16,10 @@
 //! | `meshkv_client_puts_total` / `meshkv_client_gets_total` | counter | | client requests (QUIC and HTTP) |
 //! | `meshkv_storage_fsyncs_total` / `meshkv_storage_batches_total` / `meshkv_storage_bytes_written_total` | counter | | durability work |
 //! | `meshkv_storage_last_sync_seconds` | gauge | | duration of the last flush + fsync |
+//! | `meshkv_ready` / `meshkv_disk_full` | gauge | | 1 once caught up after a start / 1 while writes are refused for lack of disk space |
+//! | `meshkv_clock_ahead_refused_total` | counter | | peer or client timestamps beyond the clock-offset bound (they did not move the clock) |
+//! | `meshkv_clock_max_ahead_seconds` | gauge | | the largest such lead seen |
+//! | `meshkv_duplicate_ids_refused_total` | counter | | connections refused because a live server already has that id |
 //! | `meshkv_peer_up` | gauge | `peer` | 1 when the QUIC link is up |
 //! | `meshkv_replication_lag_writes` | gauge | `peer` | writes we hold that the peer has not reported holding |
 //! | `meshkv_peer_bytes_sent_total` / `meshkv_peer_bytes_received_total` | counter | `peer` | bytes between servers, all streams |
@@ -264,6 +268,37 @@ impl Collector for StatusCollector {
             "meshkv_storage_last_sync_seconds",
             "Duration of the last flush + fsync",
             st.storage.last_sync_micros as f64 / 1e6,
+        )?;
+        let flag = |b: bool| if b { 1.0 } else { 0.0 };
+        gauge(
+            e,
+            "meshkv_ready",
+            "1 once the server caught up after its start and serves clients",
+            flag(st.ready),
+        )?;
+        gauge(
+            e,
+            "meshkv_disk_full",
+            "1 while the data directory is below its free-space reserve (writes refused)",
+            flag(st.disk_full),
+        )?;
+        counter(
+            e,
+            "meshkv_clock_ahead_refused",
+            "Timestamps from peers or clients beyond the clock-offset bound (did not move the clock)",
+            st.clock.ahead_refused,
+        )?;
+        gauge(
+            e,
+            "meshkv_clock_max_ahead_seconds",
+            "Largest lead of such a timestamp over this server's clock",
+            st.clock.max_ahead_ms as f64 / 1e3,
+        )?;
+        counter(
+            e,
+            "meshkv_duplicate_ids_refused",
+            "Connections refused because a live server already has that id",
+            st.duplicates_refused,
         )?;
         use MetricType::{Counter as C, Gauge as G};
         let f = |v: u64| Some(v as f64);
