@@ -421,7 +421,7 @@ pub async fn serve(path: &Path) -> Result<(), String> {
     let http = match http::start(server.clone(), http_opts).await {
         Ok(h) => h,
         Err(e) => {
-            server.shutdown();
+            server.shutdown().await;
             return Err(e.to_string());
         }
     };
@@ -443,7 +443,7 @@ pub async fn serve(path: &Path) -> Result<(), String> {
     shutdown_signal().await;
     eprintln!("meshkv serve: node {} stopping", cfg.id);
     http.stop();
-    server.shutdown();
+    server.shutdown().await;
     Ok(())
 }
 

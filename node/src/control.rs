@@ -122,7 +122,7 @@ pub async fn run_server(server: Server, http: Option<SocketAddr>) {
         });
     })
     .await;
-    server.shutdown();
+    server.shutdown().await;
 }
 
 /// Serve the master's control channel for a client until stdin closes. Requests run

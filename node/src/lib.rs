@@ -18,3 +18,4 @@ pub mod net;
 pub mod pki;
 pub mod server;
 pub mod storage;
+pub mod workers;

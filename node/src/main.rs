@@ -189,7 +189,7 @@ async fn run(cli: Cli) -> Result<u8, String> {
             {
                 Ok(w) => w,
                 Err(e) => {
-                    server.shutdown();
+                    server.shutdown().await;
                     return Err(e.to_string());
                 }
             };

@@ -164,6 +164,12 @@ struct Shared {
     duplicates_refused: AtomicU64,
     /// Set when a peer refused this process as a duplicate of a live server.
     refused_as_duplicate: Mutex<Option<String>>,
+    /// Every background task (named, owned, stopped by [`Server::shutdown`]).
+    workers: crate::workers::Workers,
+    /// The commit thread, joined by [`Server::shutdown`].
+    commit_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Set by [`Server::shutdown`]: the commit thread exits at its next wake-up.
+    stopping: std::sync::atomic::AtomicBool,
     /// Servers removed from the cluster (member keys with a tombstone): refused.
     removed: Mutex<BTreeSet<NodeId>>,
     /// Whether the last batch found the disk below the free-space reserve.
@@ -247,6 +253,9 @@ impl Server {
             refused_as_duplicate: Mutex::new(None),
             disk_full: std::sync::atomic::AtomicBool::new(false),
             removed: Mutex::new(BTreeSet::new()),
+            workers: crate::workers::Workers::new(),
+            commit_thread: Mutex::new(None),
+            stopping: std::sync::atomic::AtomicBool::new(false),
             opts: opts.clone(),
             storage_stats: Mutex::new(storage.stats()),
             replica: Mutex::new(replica),
@@ -261,18 +270,20 @@ impl Server {
             sync_lock: tokio::sync::Mutex::new(()),
         });
         {
-            let sh = sh.clone();
+            let sh2 = sh.clone();
             let rt = tokio::runtime::Handle::current();
-            std::thread::Builder::new()
+            let t = std::thread::Builder::new()
                 .name("commit".into())
                 .spawn(move || {
                     let _g = rt.enter();
-                    commit_loop(sh, storage, commit_rx)
+                    commit_loop(sh2, storage, commit_rx)
                 })
                 .map_err(|e| ServerError::Write(format!("cannot start commit thread: {e}")))?;
+            *lock(&sh.commit_thread) = Some(t);
         }
-        tokio::spawn(sh.clone().accept_loop());
-        tokio::spawn(sh.clone().trim_loop());
+        sh.workers
+            .spawn("accept", "server", sh.clone().accept_loop());
+        sh.workers.spawn("trim", "server", sh.clone().trim_loop());
         for (id, addr) in &opts.peers {
             sh.set_peer(*id, Some(*addr));
         }
@@ -280,7 +291,8 @@ impl Server {
         // peers of the config file.
         let records = lock(&sh.replica).member_records();
         sh.apply_members(records);
-        tokio::spawn(sh.clone().readiness());
+        sh.workers
+            .spawn("readiness", "server", sh.clone().readiness());
         Ok(Server { sh })
     }
 
@@ -543,9 +555,40 @@ impl Server {
         }
     }
 
-    /// Close every connection (for a clean exit).
-    pub fn shutdown(&self) {
-        self.sh.endpoint.close(0u32.into(), b"shutdown");
+    /// Stop the server: close every connection, stop every background task and the
+    /// commit thread (after the batch it is writing, if any), and wait for them.
+    /// Returns whether everything stopped within 10 s.
+    pub async fn shutdown(&self) -> bool {
+        let sh = &self.sh;
+        sh.workers.stop();
+        sh.endpoint.close(0u32.into(), b"shutdown");
+        sh.stopping.store(true, Relaxed);
+        // Wake the commit thread (it exits on seeing `stopping`).
+        let _ = tokio::time::timeout(
+            Duration::from_secs(5),
+            sh.commit_tx.send(CommitJob {
+                ops: Vec::new(),
+                reply: None,
+            }),
+        )
+        .await;
+        let thread = lock(&sh.commit_thread).take();
+        let joined = match thread {
+            Some(t) => tokio::time::timeout(
+                Duration::from_secs(5),
+                tokio::task::spawn_blocking(move || t.join()),
+            )
+            .await
+            .is_ok(),
+            None => true,
+        };
+        let tasks = sh.workers.join(Duration::from_secs(5)).await;
+        joined && tasks
+    }
+
+    /// Background tasks by name and owner: how many run and how many ever started.
+    pub fn workers(&self) -> Vec<crate::workers::WorkerStatus> {
+        self.sh.workers.status()
     }
 }
 
@@ -602,6 +645,8 @@ pub struct Status {
     pub disk_full: bool,
     /// Incoming connections refused as duplicates of a live server's id.
     pub duplicates_refused: u64,
+    /// Background tasks by name and owner (running now, started in all).
+    pub workers: Vec<crate::workers::WorkerStatus>,
     /// Set when a peer refused this process as a duplicate of a live server.
     pub refused_as_duplicate: Option<String>,
     /// QUIC address.
@@ -679,6 +724,9 @@ fn commit_loop(sh: Arc<Shared>, mut storage: Storage, mut rx: mpsc::Receiver<Com
     let mut n = 0u64;
     let mut ahead_logged = 0u64;
     while let Some(first) = rx.blocking_recv() {
+        if sh.stopping.load(Relaxed) {
+            break;
+        }
         let mut jobs = vec![first];
         while jobs.len() < 8192 {
             match rx.try_recv() {
@@ -959,7 +1007,8 @@ impl Shared {
             lock(&self.replica).set_connected(id, false);
         }
         if start_dialer {
-            tokio::spawn(self.clone().dialer(id));
+            self.workers
+                .spawn("dialer", format!("peer {id}"), self.clone().dialer(id));
         }
         self.ready_changed.notify_waiters();
     }
@@ -1071,30 +1120,31 @@ impl Shared {
     async fn accept_loop(self: Arc<Self>) {
         while let Some(incoming) = self.endpoint.accept().await {
             let sh = self.clone();
-            tokio::spawn(async move {
-                let conn = match incoming.await {
-                    Ok(c) => c,
-                    Err(e) => {
-                        tracing::info!("server {}: incoming handshake failed: {e}", sh.id);
-                        return;
-                    }
-                };
-                match pki::peer_identity(&conn) {
-                    Ok(Identity {
-                        role: Role::Server,
-                        id,
-                    }) if id != sh.id => {
-                        if !sh.refuse_duplicate(id, &conn).await {
-                            sh.install(id, conn)
+            self.workers
+                .spawn("handshake", "incoming connection", async move {
+                    let conn = match incoming.await {
+                        Ok(c) => c,
+                        Err(e) => {
+                            tracing::info!("server {}: incoming handshake failed: {e}", sh.id);
+                            return;
                         }
+                    };
+                    match pki::peer_identity(&conn) {
+                        Ok(Identity {
+                            role: Role::Server,
+                            id,
+                        }) if id != sh.id => {
+                            if !sh.refuse_duplicate(id, &conn).await {
+                                sh.install(id, conn)
+                            }
+                        }
+                        Ok(Identity {
+                            role: Role::Client, ..
+                        }) => sh.serve_client(conn).await,
+                        Ok(who) => conn.close(2u32.into(), format!("unexpected {who}").as_bytes()),
+                        Err(e) => conn.close(2u32.into(), e.to_string().as_bytes()),
                     }
-                    Ok(Identity {
-                        role: Role::Client, ..
-                    }) => sh.serve_client(conn).await,
-                    Ok(who) => conn.close(2u32.into(), format!("unexpected {who}").as_bytes()),
-                    Err(e) => conn.close(2u32.into(), e.to_string().as_bytes()),
-                }
-            });
+                });
         }
     }
 
@@ -1171,12 +1221,30 @@ impl Shared {
         if let Some(tx) = lock(&self.peers).get(&id).and_then(|p| p.tx.as_ref()) {
             let _ = tx.send(hello);
         }
-        tokio::spawn(push_writer(conn.clone(), rx, stats.clone()));
-        tokio::spawn(self.clone().push_reader(conn.clone(), id, stats.clone()));
-        tokio::spawn(self.clone().peer_requests(conn.clone(), id, stats.clone()));
-        tokio::spawn(self.clone().anti_entropy(conn.clone(), id, gen, stats));
+        let owner = format!("peer {id}");
+        let w = &self.workers;
+        w.spawn(
+            "push-writer",
+            owner.clone(),
+            push_writer(conn.clone(), rx, stats.clone()),
+        );
+        w.spawn(
+            "push-reader",
+            owner.clone(),
+            self.clone().push_reader(conn.clone(), id, stats.clone()),
+        );
+        w.spawn(
+            "peer-requests",
+            owner.clone(),
+            self.clone().peer_requests(conn.clone(), id, stats.clone()),
+        );
+        w.spawn(
+            "anti-entropy",
+            owner.clone(),
+            self.clone().anti_entropy(conn.clone(), id, gen, stats),
+        );
         let sh = self.clone();
-        tokio::spawn(async move {
+        w.spawn("link-watch", owner, async move {
             let why = conn.closed().await;
             let mine = {
                 let mut peers = lock(&sh.peers);
@@ -1246,29 +1314,30 @@ impl Shared {
         while let Ok((mut send, mut recv)) = conn.accept_bi().await {
             let sh = self.clone();
             let st = st.clone();
-            tokio::spawn(async move {
-                let req = match frame::read_frame::<PeerReq>(&mut recv).await {
-                    Ok(Some((r, n))) => {
-                        st.bytes_received.fetch_add(n as u64, Relaxed);
-                        r
+            self.workers
+                .spawn("peer-request", format!("peer {id}"), async move {
+                    let req = match frame::read_frame::<PeerReq>(&mut recv).await {
+                        Ok(Some((r, n))) => {
+                            st.bytes_received.fetch_add(n as u64, Relaxed);
+                            r
+                        }
+                        Ok(None) => return,
+                        Err(e) => {
+                            let _ = frame::write_frame(&mut send, &PeerResp::Error(e.to_string()))
+                                .await;
+                            let _ = send.finish();
+                            return;
+                        }
+                    };
+                    let resp = sh.answer(id, req, &st);
+                    if let Ok(n) = frame::write_frame(&mut send, &resp).await {
+                        st.bytes_sent.fetch_add(n as u64, Relaxed);
+                        if matches!(resp, PeerResp::Sync(_) | PeerResp::Fetch(_)) {
+                            st.catchup_bytes_sent.fetch_add(n as u64, Relaxed);
+                        }
                     }
-                    Ok(None) => return,
-                    Err(e) => {
-                        let _ =
-                            frame::write_frame(&mut send, &PeerResp::Error(e.to_string())).await;
-                        let _ = send.finish();
-                        return;
-                    }
-                };
-                let resp = sh.answer(id, req, &st);
-                if let Ok(n) = frame::write_frame(&mut send, &resp).await {
-                    st.bytes_sent.fetch_add(n as u64, Relaxed);
-                    if matches!(resp, PeerResp::Sync(_) | PeerResp::Fetch(_)) {
-                        st.catchup_bytes_sent.fetch_add(n as u64, Relaxed);
-                    }
-                }
-                let _ = send.finish();
-            });
+                    let _ = send.finish();
+                });
         }
     }
 
@@ -1459,15 +1528,16 @@ impl Shared {
         let server = Server { sh: self.clone() };
         while let Ok((mut send, mut recv)) = conn.accept_bi().await {
             let server = server.clone();
-            tokio::spawn(async move {
-                let resp = match frame::read_frame::<ClientReq>(&mut recv).await {
-                    Ok(Some((req, _))) => server.handle_client(req).await,
-                    Ok(None) => return,
-                    Err(e) => ClientResp::Error(e.to_string()),
-                };
-                let _ = frame::write_frame(&mut send, &resp).await;
-                let _ = send.finish();
-            });
+            self.workers
+                .spawn("client-request", "client connection", async move {
+                    let resp = match frame::read_frame::<ClientReq>(&mut recv).await {
+                        Ok(Some((req, _))) => server.handle_client(req).await,
+                        Ok(None) => return,
+                        Err(e) => ClientResp::Error(e.to_string()),
+                    };
+                    let _ = frame::write_frame(&mut send, &resp).await;
+                    let _ = send.finish();
+                });
         }
     }
 
@@ -1545,6 +1615,7 @@ impl Shared {
             clock,
             disk_full: self.below_reserve(),
             duplicates_refused: self.duplicates_refused.load(Relaxed),
+            workers: self.workers.status(),
             refused_as_duplicate: lock(&self.refused_as_duplicate).clone(),
             quic: self.endpoint.local_addr().ok().map(|a| a.to_string()),
             uptime_s: self.started.elapsed().as_secs_f64(),

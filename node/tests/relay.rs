@@ -88,7 +88,7 @@ fn link_state(s: &Server, peer: u64) -> String {
         .unwrap_or_default()
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_just_after_a_silent_cut_reaches_every_server_by_relay() {
     let dir = tempfile::tempdir().expect("tempdir");
     let ca = Ca::generate("relay-test").expect("ca");
@@ -143,6 +143,6 @@ async fn a_write_just_after_a_silent_cut_reaches_every_server_by_relay() {
     }
     println!("5 writes after a silent cut: every server had each within {worst:?}");
     for x in &s {
-        x.shutdown();
+        assert!(x.shutdown().await, "stopped: {:?}", x.workers());
     }
 }
