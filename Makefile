@@ -5,7 +5,7 @@
 #   make test-faults  the seed's fault suite on 4 emulated VMs (root; CI runs it too)
 CARGO ?= cargo
 
-.PHONY: all build demo test test-faults lint fmt bench-seed clean
+.PHONY: all build demo test test-faults lint fmt bench-seed sim clean
 
 all: build
 
@@ -33,6 +33,15 @@ test-faults: build
 
 fmt:
 	$(CARGO) fmt --all
+
+# Seeded fault schedules over the simulated cluster, then every planted bug must be
+# caught. A failing seed prints the command that replays it.
+SEEDS ?= 10000
+sim:
+	$(CARGO) build --release -p meshkv-master --bin meshkv-sim
+	target/release/meshkv-sim --seeds $(SEEDS)
+	for m in reuse-dot skip-dep-check trim-ignoring-members; do \
+	  target/release/meshkv-sim --seeds 1000 --mutation $$m || exit 1; done
 
 # The seed's benchmark: 5 servers, clients 5-9 one per server, N rotating puts, then
 # stabilize; median of RUNS runs.

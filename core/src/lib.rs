@@ -9,6 +9,8 @@
 //! * [`session`]: a client's dependencies.
 //! * [`proto`]: wire messages and framing; [`control`]: the master's control channel.
 //! * [`sim`]: an in-memory cluster to run many schedules against the rules.
+//! * [`vopr`]: seeded fault schedules over it (crash, wipe, rollback, skew, loss,
+//!   duplication, reordering, partitions), checked for the store's promises.
 
 pub mod control;
 pub mod digest;
@@ -19,6 +21,7 @@ pub mod replica;
 pub mod session;
 pub mod sim;
 pub mod version;
+pub mod vopr;
 
 pub use entry::Entry;
 pub use replica::{Limits, Meta, Op, Outcome, ReadOutcome, Relay, Replica, Staged};

@@ -161,6 +161,16 @@ pub enum Op {
     },
     /// Drop log records and tombstones every member is known to hold.
     Trim,
+    /// After a tree walk: drop `key` if its whole context is covered by `covered_by`
+    /// (the peer's watermarks) — the peer has incorporated every write that made this
+    /// entry and no longer holds the key, so it was deleted and the tombstone collected
+    /// (this server kept it only through a rolled-back disk).
+    Forget {
+        /// The key.
+        key: Vec<u8>,
+        /// The peer's watermarks at the start of the walk.
+        covered_by: VersionVector,
+    },
 }
 
 /// What became of one [`Op`].
@@ -334,16 +344,16 @@ pub struct Replica {
     rid: NodeId,
     max_ts: u64,
     skew: ClockSkew,
-    store: BTreeMap<Vec<u8>, Entry>,
+    pub(crate) store: BTreeMap<Vec<u8>, Entry>,
     digest: DigestTree,
     hlc: crate::hlc::Hlc,
     counter: u64,
     seen: VersionVector,
     floor: VersionVector,
-    log: BTreeMap<Dot, Vec<u8>>,
+    pub(crate) log: BTreeMap<Dot, Vec<u8>>,
     peers: BTreeMap<NodeId, PeerView>,
     tombstones: BTreeSet<Vec<u8>>,
-    limits: Limits,
+    pub(crate) limits: Limits,
 }
 
 impl Replica {
@@ -504,6 +514,19 @@ impl Replica {
                 }
                 Op::Trim => {
                     self.stage_trim(&mut st);
+                    Outcome::Done
+                }
+                Op::Forget { key, covered_by } => {
+                    if self
+                        .current(&st, &key)
+                        .is_some_and(|e| e.ctx.le(&covered_by))
+                    {
+                        st.writes.remove(&key);
+                        st.relay.remove(&key);
+                        if !st.removes.contains(&key) {
+                            st.removes.push(key);
+                        }
+                    }
                     Outcome::Done
                 }
             };
@@ -1066,6 +1089,33 @@ impl Replica {
             }
         }
         (fetch, give)
+    }
+
+    /// After a walk against a peer whose watermarks were `peer_seen`: of the keys this
+    /// server holds and the peer lacks or holds differently (`give`), the entries to
+    /// push to the peer, and [`Op::Forget`]s for the ones the peer has provably deleted
+    /// and collected (their whole context is covered by `peer_seen`, yet the peer lacks
+    /// them): pushing those would only be ignored as stale echoes, and keeping them
+    /// would resurrect a deleted key here for good.
+    pub fn walk_gifts(
+        &self,
+        give: &[Vec<u8>],
+        peer_lacks: &BTreeSet<Vec<u8>>,
+        peer_seen: &VersionVector,
+    ) -> (Vec<SyncItem>, Vec<Op>) {
+        let mut gifts = Vec::new();
+        let mut forget = Vec::new();
+        for it in self.entries(give) {
+            if peer_lacks.contains(&it.key) && it.entry.ctx.le(peer_seen) {
+                forget.push(Op::Forget {
+                    key: it.key,
+                    covered_by: peer_seen.clone(),
+                });
+            } else {
+                gifts.push(it);
+            }
+        }
+        (gifts, forget)
     }
 
     /// Our entries for `keys` (absent keys skipped).

@@ -20,6 +20,8 @@ pub struct SimCluster {
     up: BTreeSet<(NodeId, NodeId)>,
     queues: BTreeMap<(NodeId, NodeId), VecDeque<PeerMsg>>,
     wall: u64,
+    /// Per-node clock offsets (µs) added to the simulated wall clock.
+    skew: BTreeMap<NodeId, i64>,
     /// Entries moved by anti-entropy (fast path and walk), for efficiency checks.
     pub synced_items: usize,
 }
@@ -45,6 +47,7 @@ impl SimCluster {
             up: BTreeSet::new(),
             queues: BTreeMap::new(),
             wall: 1_000_000,
+            skew: BTreeMap::new(),
             synced_items: 0,
         };
         for &a in ids {
@@ -94,9 +97,109 @@ impl SimCluster {
         self.up.contains(&pair(a, b))
     }
 
+    /// Node `id`'s wall clock.
+    fn wall_of(&self, id: NodeId) -> u64 {
+        let off = self.skew.get(&id).copied().unwrap_or(0);
+        (self.wall as i64).saturating_add(off).max(0) as u64
+    }
+
+    /// Shift node `id`'s clock by `micros` (negative: slow) from now on.
+    pub fn set_skew(&mut self, id: NodeId, micros: i64) {
+        self.skew.insert(id, micros);
+    }
+
+    /// Let `micros` of simulated time pass.
+    pub fn advance(&mut self, micros: u64) {
+        self.wall += micros;
+    }
+
+    /// Crash node `id` and start it again as incarnation `rid`, from `disk` (what its
+    /// data directory holds: its state at the crash, an older copy) or from nothing (a
+    /// wiped disk). Its links stay as they were; what was queued to or from it is lost.
+    pub fn restart(&mut self, id: NodeId, disk: Option<&Replica>, rid: NodeId) {
+        let Some(old) = self.nodes.get(&id) else {
+            return;
+        };
+        let limits = old.limits.clone();
+        let members = old.members();
+        let wall = self.wall_of(id);
+        let mut r = match disk {
+            Some(d) => Replica::restore(
+                id,
+                rid,
+                limits,
+                d.meta(),
+                d.store.clone(),
+                d.log.clone(),
+                wall,
+            ),
+            None => Replica::with_rid(id, rid, limits),
+        };
+        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        for &o in &ids {
+            if o != id {
+                r.add_member(o);
+                let peer_rid = self.nodes[&o].rid();
+                r.set_peer_rid(o, peer_rid);
+                r.set_connected(o, self.is_up(id, o));
+            }
+        }
+        for m in members {
+            r.add_member(m);
+        }
+        self.queues.retain(|(a, b), _| *a != id && *b != id);
+        self.nodes.insert(id, r);
+        for &o in &ids {
+            if let Some(n) = self.nodes.get_mut(&o) {
+                if o != id {
+                    n.set_peer_rid(id, rid);
+                }
+            }
+        }
+    }
+
+    /// Drop the head of the `n`-th non-empty queue (a lost message). False if none.
+    pub fn drop_one(&mut self, n: usize) -> bool {
+        let busy: Vec<(NodeId, NodeId)> = self
+            .queues
+            .iter()
+            .filter(|(_, q)| !q.is_empty())
+            .map(|(k, _)| *k)
+            .collect();
+        if busy.is_empty() {
+            return false;
+        }
+        let k = busy[n % busy.len()];
+        self.queues
+            .get_mut(&k)
+            .and_then(|q| q.pop_front())
+            .is_some()
+    }
+
+    /// Duplicate the head of the `n`-th non-empty queue (delivered twice later).
+    pub fn duplicate_one(&mut self, n: usize) -> bool {
+        let busy: Vec<(NodeId, NodeId)> = self
+            .queues
+            .iter()
+            .filter(|(_, q)| !q.is_empty())
+            .map(|(k, _)| *k)
+            .collect();
+        if busy.is_empty() {
+            return false;
+        }
+        let k = busy[n % busy.len()];
+        if let Some(q) = self.queues.get_mut(&k) {
+            if let Some(m) = q.front().cloned() {
+                q.push_back(m);
+                return true;
+            }
+        }
+        false
+    }
+
     fn run(&mut self, at: NodeId, ops: Vec<Op>) -> Vec<Outcome> {
         self.wall += 1;
-        let wall = self.wall;
+        let wall = self.wall_of(at);
         let Some(r) = self.nodes.get_mut(&at) else {
             return Vec::new();
         };
@@ -139,11 +242,35 @@ impl SimCluster {
         }
     }
 
+    /// A client delete through server `at`.
+    pub fn delete(&mut self, at: NodeId, key: &[u8], s: &mut Session) -> Version {
+        let out = self.run(
+            at,
+            vec![Op::Put {
+                key: key.to_vec(),
+                value: None,
+                seen_ts: s.seen_ts(),
+            }],
+        );
+        match out.first() {
+            Some(Outcome::Put { version, .. }) => {
+                s.wrote(key, *version);
+                *version
+            }
+            other => panic!("delete produced {other:?}"),
+        }
+    }
+
+    /// Trim logs and tombstones on one node.
+    pub fn trim(&mut self, id: NodeId) {
+        self.run(id, vec![Op::Trim]);
+    }
+
     /// A client get through server `at`, updating the session like the client does.
     pub fn get(&mut self, at: NodeId, key: &[u8], s: &mut Session) -> ReadOutcome {
         let dep = s.dep(key);
         let seen = s.seen_ts();
-        let wall = self.wall;
+        let wall = self.wall_of(at);
         let Some(r) = self.nodes.get_mut(&at) else {
             return ReadOutcome::Dep;
         };
@@ -259,11 +386,18 @@ impl SimCluster {
             }
         }
         let theirs = self.nodes[&b].bucket_keys(&buckets);
+        let their_keys: BTreeSet<Vec<u8>> = theirs.iter().map(|(k, _)| k.clone()).collect();
         let (fetch, give) = self.nodes[&a].walk_diff(&buckets, &theirs);
+        let lacks: BTreeSet<Vec<u8>> = give
+            .iter()
+            .filter(|k| !their_keys.contains(*k))
+            .cloned()
+            .collect();
         let got = self.nodes[&b].entries(&fetch);
-        let gave = self.nodes[&a].entries(&give);
+        let (gave, forget) = self.nodes[&a].walk_gifts(&give, &lacks, &b_seen);
         self.synced_items += got.len() + gave.len();
         let mut ops: Vec<Op> = got.into_iter().map(|it| it.into_op(b)).collect();
+        ops.extend(forget);
         ops.push(Op::Adopt { seen: b_seen });
         self.run(a, ops);
         let ops_b: Vec<Op> = gave.into_iter().map(|it| it.into_op(a)).collect();

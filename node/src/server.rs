@@ -1482,7 +1482,13 @@ impl Shared {
                 Ok(other) => return Err(format!("unexpected answer {other:?}")),
                 Err(e) => return Err(e.to_string()),
             };
+            let their_keys: BTreeSet<&[u8]> = theirs.iter().map(|(k, _)| k.as_slice()).collect();
             let (fetch, give) = lock(&self.replica).walk_diff(chunk, &theirs);
+            let lacks: BTreeSet<Vec<u8>> = give
+                .iter()
+                .filter(|k| !their_keys.contains(k.as_slice()))
+                .cloned()
+                .collect();
             for keys in fetch.chunks(2048) {
                 let items = match self.ask(conn, PeerReq::Fetch(keys.to_vec()), st).await {
                     Ok(PeerResp::Fetch(i)) => i,
@@ -1494,7 +1500,10 @@ impl Shared {
                 let ops: Vec<Op> = items.into_iter().map(|it| it.into_op(id)).collect();
                 self.commit(ops).await.map_err(|e| e.to_string())?;
             }
-            let gifts = lock(&self.replica).entries(&give);
+            let (gifts, forget) = lock(&self.replica).walk_gifts(&give, &lacks, &peer_seen);
+            if !forget.is_empty() {
+                self.commit(forget).await.map_err(|e| e.to_string())?;
+            }
             for it in gifts {
                 let msg = PeerMsg::Push {
                     key: it.key,
