@@ -8,6 +8,8 @@
 //! data_dir = "data/node0"               # sled store (created if missing)
 //! quic_listen = "127.0.0.1:7000"        # the mesh (default 127.0.0.1:7000)
 //! http_listen = "127.0.0.1:8000"        # the HTTP API (default 127.0.0.1:8000)
+//! max_clock_offset_ms = 500             # peer/client timestamps move the clock at most this far ahead
+//! catchup_timeout_ms = 3000             # after a start, serve at the latest this long without catching up
 //!
 //! [certs]                               # made by `meshkv certs init --dir DIR`
 //! dir = "../../certs/out"               # ca.pem, server-<id>.pem, server-<id>.key
@@ -64,6 +66,14 @@ pub struct Config {
     /// HTTP listen address.
     #[serde(default = "default_http")]
     pub http_listen: SocketAddr,
+    /// How far (ms) a peer's or client's timestamp may be ahead of this clock and
+    /// still move it.
+    #[serde(default = "default_max_clock_offset_ms")]
+    pub max_clock_offset_ms: u64,
+    /// How long (ms) a started server waits to catch up with its peers before it
+    /// serves anyway.
+    #[serde(default = "default_catchup_timeout_ms")]
+    pub catchup_timeout_ms: u64,
     /// Certificates.
     pub certs: Certs,
     /// The cluster's servers.
@@ -192,6 +202,14 @@ fn default_quic() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 7000))
 }
 
+fn default_max_clock_offset_ms() -> u64 {
+    500
+}
+
+fn default_catchup_timeout_ms() -> u64 {
+    3000
+}
+
 fn default_http() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 8000))
 }
@@ -301,6 +319,8 @@ impl Config {
         o.max_key = self.limits.max_key;
         o.max_value = self.limits.max_value;
         o.min_free_bytes = self.limits.min_free_bytes;
+        o.limits.max_clock_offset = self.max_clock_offset_ms.saturating_mul(1000);
+        o.catchup_timeout = Duration::from_millis(self.catchup_timeout_ms);
         o
     }
 
