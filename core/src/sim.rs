@@ -158,18 +158,22 @@ impl SimCluster {
         }
     }
 
-    /// Drop the head of the `n`-th non-empty queue (a lost message). False if none.
-    pub fn drop_one(&mut self, n: usize) -> bool {
+    /// The `n`-th non-empty queue (mod their number), if any.
+    fn busy_queue(&self, n: usize) -> Option<(NodeId, NodeId)> {
         let busy: Vec<(NodeId, NodeId)> = self
             .queues
             .iter()
             .filter(|(_, q)| !q.is_empty())
             .map(|(k, _)| *k)
             .collect();
-        if busy.is_empty() {
+        (!busy.is_empty()).then(|| busy[n % busy.len()])
+    }
+
+    /// Drop the head of the `n`-th non-empty queue (a lost message). False if none.
+    pub fn drop_one(&mut self, n: usize) -> bool {
+        let Some(k) = self.busy_queue(n) else {
             return false;
-        }
-        let k = busy[n % busy.len()];
+        };
         self.queues
             .get_mut(&k)
             .and_then(|q| q.pop_front())
@@ -178,16 +182,9 @@ impl SimCluster {
 
     /// Duplicate the head of the `n`-th non-empty queue (delivered twice later).
     pub fn duplicate_one(&mut self, n: usize) -> bool {
-        let busy: Vec<(NodeId, NodeId)> = self
-            .queues
-            .iter()
-            .filter(|(_, q)| !q.is_empty())
-            .map(|(k, _)| *k)
-            .collect();
-        if busy.is_empty() {
+        let Some(k) = self.busy_queue(n) else {
             return false;
-        }
-        let k = busy[n % busy.len()];
+        };
         if let Some(q) = self.queues.get_mut(&k) {
             if let Some(m) = q.front().cloned() {
                 q.push_back(m);
@@ -292,16 +289,9 @@ impl SimCluster {
 
     /// Deliver the head of the `n`-th non-empty queue (mod their number). False if none.
     pub fn deliver_one(&mut self, n: usize) -> bool {
-        let busy: Vec<(NodeId, NodeId)> = self
-            .queues
-            .iter()
-            .filter(|(_, q)| !q.is_empty())
-            .map(|(k, _)| *k)
-            .collect();
-        if busy.is_empty() {
+        let Some((from, to)) = self.busy_queue(n) else {
             return false;
-        }
-        let (from, to) = busy[n % busy.len()];
+        };
         let Some(msg) = self.queues.get_mut(&(from, to)).and_then(|q| q.pop_front()) else {
             return false;
         };

@@ -83,35 +83,6 @@ fn restore_never_reuses_a_dot_or_goes_back_in_time() {
     assert_eq!(r2.entry(b"a"), r.entry(b"a"));
 }
 
-/// Restart server 2 of `c` from `disk` (what its data directory holds) as incarnation
-/// `rid`, the way the node does.
-fn restart_from(c: &mut SimCluster, disk: Option<&Replica>, rid: NodeId) {
-    let limits = Limits::default();
-    let mut r = match disk {
-        Some(d) => Replica::restore(
-            2,
-            rid,
-            limits,
-            d.meta(),
-            d.store.clone(),
-            d.log.clone(),
-            2_000_000,
-        ),
-        None => Replica::with_rid(2, rid, limits),
-    };
-    for o in [0, 1] {
-        r.add_member(o);
-        r.set_peer_rid(o, o);
-        r.set_connected(o, true);
-    }
-    c.nodes.insert(2, r);
-    for o in [0, 1] {
-        if let Some(n) = c.nodes.get_mut(&o) {
-            n.set_peer_rid(2, rid);
-        }
-    }
-}
-
 #[test]
 fn a_wiped_or_rolled_back_server_gets_its_writes_back_and_reuses_no_dot() {
     for wipe in [false, true] {
@@ -125,7 +96,7 @@ fn a_wiped_or_rolled_back_server_gets_its_writes_back_and_reuses_no_dot() {
             old.push(c.put(2, format!("k{i}").as_bytes(), b"v", &mut s).dot);
         }
         c.settle();
-        restart_from(&mut c, (!wipe).then_some(&backup), 1002);
+        c.restart(2, (!wipe).then_some(&backup), 1002);
         // New writes carry the new origin, so no dot of the earlier life is reused.
         let mut s2 = Session::new();
         let fresh = c.put(2, b"k0", b"new", &mut s2).dot;
