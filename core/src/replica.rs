@@ -451,6 +451,18 @@ impl Replica {
         self.hlc.last()
     }
 
+    /// A client's "highest timestamp seen", capped at what the cluster has issued (a
+    /// forged token cannot go beyond it) and observed within the offset bound; returns
+    /// the capped value.
+    fn observe_client(&mut self, seen_ts: u64, wall: u64) -> u64 {
+        let cap = self
+            .max_ts
+            .max(wall.saturating_add(self.limits.max_clock_offset));
+        let seen_ts = seen_ts.min(cap);
+        self.observe_bounded(seen_ts, wall, true);
+        seen_ts
+    }
+
     /// Let a timestamp from elsewhere move the clock, but never further than the offset
     /// bound ahead of the wall clock; `count` records a refused lead.
     fn observe_bounded(&mut self, ts: u64, wall: u64, count: bool) {
@@ -550,13 +562,7 @@ impl Replica {
         wall: u64,
     ) -> Outcome {
         let previous = self.current(st, &key).cloned();
-        // A client cannot push the clock past what the cluster has issued (a forged
-        // token), nor, through the clock, past the offset bound.
-        let seen_ts = seen_ts.min(
-            self.max_ts
-                .max(wall.saturating_add(self.limits.max_clock_offset)),
-        );
-        self.observe_bounded(seen_ts, wall, true);
+        let seen_ts = self.observe_client(seen_ts, wall);
         // This write follows everything the client saw and the key's current version,
         // even when those are further ahead than the clock may move.
         let floor = previous.as_ref().map_or(0, |p| p.version.ts).max(seen_ts);
@@ -785,11 +791,7 @@ impl Replica {
     /// `seen_ts` (the highest timestamp the client has seen) moves the clock within the
     /// offset bound of `wall`.
     pub fn read(&mut self, key: &[u8], dep: Option<Dot>, seen_ts: u64, wall: u64) -> ReadOutcome {
-        let seen_ts = seen_ts.min(
-            self.max_ts
-                .max(wall.saturating_add(self.limits.max_clock_offset)),
-        );
-        self.observe_bounded(seen_ts, wall, true);
+        self.observe_client(seen_ts, wall);
         let e = self.store.get(key);
         if let Some(d) = dep {
             // The key's context covers what was merged into it; the watermark covers
