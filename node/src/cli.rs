@@ -891,23 +891,18 @@ pub async fn member(args: &ClientArgs, op: MemberOp) -> u8 {
                                 .map_err(|e| Fail(exit::REFUSED, format!("{ep}: bad JSON: {e}")))?;
                             let mut text = String::new();
                             for m in list {
-                                let f = |k: &str| {
-                                    m.get(k)
-                                        .map(|v| {
-                                            v.as_str().map(str::to_string).unwrap_or(v.to_string())
-                                        })
-                                        .unwrap_or_default()
+                                // Strings as they are, numbers as numbers, null as "-".
+                                let f = |k: &str| match m.get(k) {
+                                    Some(serde_json::Value::String(v)) => v.clone(),
+                                    Some(serde_json::Value::Null) | None => "-".to_string(),
+                                    Some(v) => v.to_string(),
                                 };
                                 text.push_str(&format!(
                                     "{}\t{}\t{}\t{}\n",
                                     f("id"),
                                     f("state"),
                                     f("link"),
-                                    if f("addr") == "null" {
-                                        "-".into()
-                                    } else {
-                                        f("addr")
-                                    }
+                                    f("addr")
                                 ));
                             }
                             write_out(text.as_bytes(), false)?;

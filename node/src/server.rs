@@ -737,7 +737,7 @@ fn commit_loop(sh: Arc<Shared>, mut storage: Storage, mut rx: mpsc::Receiver<Com
         // Below the free-space reserve nothing is staged: writers get ERR_DISK_FULL,
         // pushes are dropped (anti-entropy brings them back once space returns), and
         // reads go on. Checked before every batch, so the server recovers by itself.
-        if let Some(why) = sh.disk_full(&storage) {
+        if let Some(why) = sh.disk_full() {
             for job in jobs {
                 if let Some(r) = job.reply {
                     let _ = r.send(Err(ServerError::DiskFull(why.clone())));
@@ -903,12 +903,12 @@ impl Shared {
 
     /// `Some(reason)` while the data directory's free space is below the reserve; logs
     /// each change between full and not full once.
-    fn disk_full(&self, storage: &Storage) -> Option<String> {
+    fn disk_full(&self) -> Option<String> {
         let reserve = self.opts.min_free_bytes;
-        let full = match storage.free_bytes() {
+        let full = match crate::storage::free_bytes(&self.opts.data_dir) {
             Ok(free) if free < reserve => Some(format!(
                 "{} has {free} bytes free, below the {reserve}-byte reserve; writes are refused until space returns",
-                storage.dir().display()
+                self.opts.data_dir.display()
             )),
             Ok(_) => None,
             Err(e) => {

@@ -518,11 +518,6 @@ impl Storage {
         self.stats.clone()
     }
 
-    /// Bytes available to this process on the data directory's file system.
-    pub fn free_bytes(&self) -> std::io::Result<u64> {
-        free_bytes(&self.dir)
-    }
-
     /// The data directory.
     pub fn dir(&self) -> &Path {
         &self.dir
