@@ -1047,11 +1047,20 @@ impl Shared {
             tokio::pin!(notified);
             notified.as_mut().enable();
             if let Some(c) = conn {
-                tokio::select! {
-                    _ = c.closed() => {}
-                    _ = &mut notified => {}
+                if c.close_reason().is_none() {
+                    tokio::select! {
+                        _ = c.closed() => {}
+                        _ = &mut notified => {}
+                    }
+                    backoff = Duration::from_millis(20);
+                } else {
+                    // Closed, but `link-watch` has not cleared the slot yet (or was
+                    // stopped): wait instead of spinning on a ready `closed()`.
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = &mut notified => {}
+                    }
                 }
-                backoff = Duration::from_millis(20);
                 continue;
             }
             let Some(addr) = addr.filter(|_| !blocked) else {
