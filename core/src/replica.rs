@@ -210,6 +210,9 @@ pub struct Staged {
     pub meta: Meta,
     /// One outcome per op, in order.
     pub outcomes: Vec<Outcome>,
+    /// The digest root of the store once this batch is committed: what the store on
+    /// disk must add up to after it (the storage records it to detect lost records).
+    pub root: u64,
     relay: BTreeMap<Vec<u8>, RelaySource>,
     log_index: HashSet<Dot>,
 }
@@ -546,7 +549,26 @@ impl Replica {
         }
         st.meta.counter = self.counter;
         st.meta.hlc = self.hlc.last();
+        st.root = self.root_after(&st);
         st
+    }
+
+    /// The digest root once `st` is committed, computed as [`Replica::commit`] applies
+    /// it: the writes, then the removes.
+    fn root_after(&self, st: &Staged) -> u64 {
+        let mut root = self.digest.root();
+        for (key, entry) in &st.writes {
+            let old = self.store.get(key).map_or(0, |e| e.digest(key));
+            root ^= old ^ entry.digest(key);
+        }
+        for key in &st.removes {
+            let now = match st.writes.get(key) {
+                Some(e) => Some(e),
+                None => self.store.get(key),
+            };
+            root ^= now.map_or(0, |e| e.digest(key));
+        }
+        root
     }
 
     fn current<'a>(&'a self, st: &'a Staged, key: &[u8]) -> Option<&'a Entry> {
@@ -724,6 +746,7 @@ impl Replica {
 
     /// Install a persisted batch; returns the pushes to send.
     pub fn commit(&mut self, st: Staged) -> Vec<Relay> {
+        let expected_root = st.root;
         for (key, entry) in st.writes {
             let old = self.store.get(&key).map_or(0, |e| e.digest(&key));
             self.digest.update(&key, old, entry.digest(&key));
@@ -740,6 +763,7 @@ impl Replica {
                 self.digest.update(&key, e.digest(&key), 0);
             }
         }
+        debug_assert_eq!(self.digest.root(), expected_root, "Staged::root");
         for d in st.log_removes {
             self.log.remove(&d);
         }

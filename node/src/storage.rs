@@ -75,12 +75,17 @@
 //! fail: it silently treats the log as ending just before it, so a single flipped byte
 //! can make a store come up with its last minutes (or hours) of writes missing. So
 //! every batch carries a sequence number (`m/seq`, in the same atomic batch), and after
-//! the batch is durable the number is also written, checksummed, to a small file of our
-//! own, `meshkv.seq` (no fsync of its own: it may lag after a machine crash, never lead,
-//! because it is written only after sled's fsync returned). At open, a `m/seq` below
-//! `meshkv.seq` means sled lost committed batches: the store is refused, naming `db`
-//! and what to do (move the directory aside and start on an empty one: the server
-//! rejoins as a new incarnation and its peers give back every write they hold). A
+//! the batch is durable the number is also written, with the digest root the store has
+//! after it ([`Staged::root`]) and a checksum, to a small file of our own, `meshkv.seq`
+//! (32 bytes written in place; no fsync of its own: it may lag after a machine crash,
+//! never lead, because it is written only after sled's fsync returned). At open, a
+//! `m/seq` below `meshkv.seq` means sled lost committed batches, and the same batch with
+//! records that do not add up to the recorded root means sled lost or changed records
+//! inside it (a damaged page: seen with one flipped byte of `db`). Either way the store
+//! is refused, naming `db` and what to do (move the directory aside and start on an
+//! empty one: the server rejoins as a new incarnation and its peers give back every
+//! write they hold). When the marker lags (a crash between the fsync and its write),
+//! only the sequence check applies until the next batch. A
 //! damaged `meshkv.seq`, an undecodable record and a panic inside sled while opening or
 //! reading (a damaged or missing blob file) are refusals too, each one line. A store
 //! restored from an older copy is not damaged: it comes up behind, under a fresh origin
@@ -135,7 +140,9 @@ const KEY_SEQ: &[u8] = b"m/seq";
 /// The committed-batch marker file (see "Detecting a damaged store").
 const SEQ_FILE: &str = "meshkv.seq";
 /// The marker file's magic.
-const SEQ_MAGIC: &[u8; 8] = b"mkvseq01";
+const SEQ_MAGIC: &[u8; 8] = b"mkvseq02";
+/// The first marker format: the sequence number only.
+const SEQ_MAGIC_V1: &[u8; 8] = b"mkvseq01";
 
 /// Counters of what the store has done since it was opened.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -219,6 +226,25 @@ pub enum StorageError {
         /// The sequence number `meshkv.seq` recorded as committed.
         committed: u64,
     },
+    /// sled's records do not add up to the digest recorded with the last committed
+    /// batch: records were lost or changed (sled dropped a damaged part of its log).
+    #[error(
+        "data directory {}: the records in {}/db do not add up to what batch {batch} \
+         committed (digest {found:016x}, expected {expected:016x}): the file is damaged and \
+         sled dropped records; move the directory aside and restart on an empty one to \
+         recover from the peers",
+        dir.display(), dir.display()
+    )]
+    Mismatch {
+        /// The data directory.
+        dir: PathBuf,
+        /// The batch both sled and `meshkv.seq` hold.
+        batch: u64,
+        /// The digest root of what was read.
+        found: u64,
+        /// The digest root recorded in `meshkv.seq`.
+        expected: u64,
+    },
     /// sled panicked while opening or reading the store (a damaged or missing file).
     #[error(
         "data directory {}: sled failed reading it ({reason}); a file is damaged or missing; \
@@ -269,7 +295,7 @@ pub trait Syncer: Send {
 /// The durable store of one server.
 pub struct Storage {
     dir: PathBuf,
-    db: sled::Db,
+    db: ClosingDb,
     syncer: Box<dyn Syncer>,
     /// The metadata as last persisted.
     meta: Meta,
@@ -278,6 +304,8 @@ pub struct Storage {
     failed: Option<String>,
     /// The last batch sequence number persisted.
     seq: u64,
+    /// The digest root of the store after that batch.
+    root: u64,
     /// `meshkv.seq`, rewritten after every durable batch.
     seq_file: File,
 }
@@ -290,6 +318,96 @@ impl std::fmt::Debug for Storage {
             .field("stats", &self.stats)
             .field("failed", &self.failed)
             .finish_non_exhaustive()
+    }
+}
+
+thread_local! {
+    /// Set while this thread opens a store: its panics are refusals, not reports.
+    static QUIET_PANICS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Wraps the process's panic hook once so that [`QUIET_PANICS`] threads print nothing.
+/// (Swapping the hook around each open would race with other threads doing the same
+/// and could leave every later panic silent.)
+fn quiet_panics_install() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !QUIET_PANICS.with(|q| q.get()) {
+                previous(info);
+            }
+        }));
+    });
+}
+
+/// A sled database that is closed when dropped.
+///
+/// sled 0.34 returns from dropping a `Db` before its background threads have let go of
+/// the files: for a moment afterwards the directory is still locked and may still be
+/// written. Dropping this waits until sled's lock on `db` is released, so a store that
+/// was dropped can be reopened, copied or removed at once (bounded: after
+/// [`CLOSE_WAIT`] it gives up waiting and says so in the log).
+struct ClosingDb {
+    db: Option<sled::Db>,
+    /// The store's directory.
+    lock_path: PathBuf,
+}
+
+/// How long dropping a store waits for sled to let go of its files.
+const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl ClosingDb {
+    fn new(db: sled::Db, dir: &Path) -> ClosingDb {
+        ClosingDb {
+            db: Some(db),
+            lock_path: dir.to_path_buf(),
+        }
+    }
+}
+
+impl std::ops::Deref for ClosingDb {
+    type Target = sled::Db;
+    fn deref(&self) -> &sled::Db {
+        // Only `drop` takes it out.
+        self.db.as_ref().expect("open until dropped")
+    }
+}
+
+impl Drop for ClosingDb {
+    fn drop(&mut self) {
+        if let Some(db) = self.db.take() {
+            close_sled(db, &self.lock_path);
+        }
+    }
+}
+
+/// Drop a sled database opened on `dir` and wait (at most [`CLOSE_WAIT`]) until
+/// sled's background threads have let go of its files, which they do a moment after
+/// the handle is gone.
+pub fn close_sled(db: sled::Db, dir: &Path) {
+    drop(db);
+    let lock_path = dir.join("db");
+    let Ok(file) = File::open(&lock_path) else {
+        return;
+    };
+    // The blocking lock returns when sled's last handle on the file is closed; it runs
+    // on a helper thread so a stuck sled cannot hang the caller forever.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let spawned = std::thread::Builder::new()
+        .name("sled-close".into())
+        .spawn(move || {
+            let locked = file.lock();
+            // Closing the file lets go of the lock before the caller goes on.
+            drop(file);
+            let _ = tx.send(locked);
+        });
+    if spawned.is_ok() && rx.recv_timeout(CLOSE_WAIT).is_err() {
+        tracing::warn!(
+            path = %lock_path.display(),
+            "sled still holds the store {}s after it was closed",
+            CLOSE_WAIT.as_secs()
+        );
     }
 }
 
@@ -316,13 +434,14 @@ impl Storage {
         limits: Limits,
     ) -> Result<(Storage, Replica), StorageError> {
         // sled panics on some damage (a missing or damaged blob file): that is a
-        // refusal like any other, not a crash. The default hook's report is held back.
-        let hook = std::panic::take_hook();
-        std::panic::set_hook(Box::new(|_| {}));
+        // refusal like any other, not a crash. The panic report of this thread is held
+        // back while it opens; other threads' reports are not touched.
+        quiet_panics_install();
+        QUIET_PANICS.with(|q| q.set(true));
         let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             Self::open_inner(dir, id, rid, cache_bytes, limits)
         }));
-        std::panic::set_hook(hook);
+        QUIET_PANICS.with(|q| q.set(false));
         match opened {
             Ok(r) => r,
             Err(p) => {
@@ -353,6 +472,7 @@ impl Storage {
             .cache_capacity(cache_bytes)
             .mode(sled::Mode::HighThroughput)
             .open()
+            .map(|db| ClosingDb::new(db, dir))
             .map_err(|e| match e {
                 sled::Error::Io(source) => StorageError::io(
                     format!("opening sled database in {}", dir.display()),
@@ -381,11 +501,11 @@ impl Storage {
             check_records(&db, dir, id)?;
         }
         let seq = read_seq(&db)?;
-        if let Some(committed) = committed.filter(|c| *c > seq) {
+        if let Some(committed) = committed.filter(|c| c.seq > seq) {
             return Err(StorageError::Truncated {
                 dir: dir.to_path_buf(),
                 found: seq,
-                committed,
+                committed: committed.seq,
             });
         }
         let seq_path = dir.join(SEQ_FILE);
@@ -409,6 +529,21 @@ impl Storage {
         let (meta, entries, log) = load(&db)?;
         let wall = crate::clock::wall_micros();
         let replica = Replica::restore(id, rid, limits, meta.clone(), entries, log, wall);
+        if let Some(Marker {
+            seq: batch,
+            root: Some(expected),
+        }) = committed.filter(|c| c.seq == seq)
+        {
+            if replica.root() != expected {
+                return Err(StorageError::Mismatch {
+                    dir: dir.to_path_buf(),
+                    batch,
+                    found: replica.root(),
+                    expected,
+                });
+            }
+        }
+        let root = replica.root();
         let mut storage = Storage {
             dir: dir.to_path_buf(),
             db,
@@ -417,6 +552,7 @@ impl Storage {
             stats: StorageStats::default(),
             failed: None,
             seq,
+            root,
             seq_file,
         };
         storage.write_seq_file();
@@ -427,11 +563,12 @@ impl Storage {
     /// effort: a failure only weakens the damage check.
     fn write_seq_file(&mut self) {
         use std::os::unix::fs::FileExt;
-        let mut buf = [0u8; 24];
+        let mut buf = [0u8; 32];
         buf[..8].copy_from_slice(SEQ_MAGIC);
         buf[8..16].copy_from_slice(&self.seq.to_le_bytes());
-        let sum = xxhash_rust::xxh3::xxh3_64(&buf[..16]);
-        buf[16..].copy_from_slice(&sum.to_le_bytes());
+        buf[16..24].copy_from_slice(&self.root.to_le_bytes());
+        let sum = xxhash_rust::xxh3::xxh3_64(&buf[..24]);
+        buf[24..].copy_from_slice(&sum.to_le_bytes());
         if let Err(e) = self.seq_file.write_all_at(&buf, 0) {
             tracing::warn!("cannot write {}/{SEQ_FILE}: {e}", self.dir.display());
         }
@@ -509,6 +646,7 @@ impl Storage {
         self.stats.last_sync_micros = started.elapsed().as_micros() as u64;
         self.meta = st.meta.clone();
         self.seq = seq;
+        self.root = st.root;
         self.write_seq_file();
         Ok(())
     }
@@ -666,8 +804,17 @@ fn write_id_file(dir: &Path, id: NodeId) -> Result<(), StorageError> {
     fsync_path(dir).map_err(|e| io("fsync", dir, e))
 }
 
+/// What `meshkv.seq` records of the last durable batch.
+#[derive(Clone, Copy, Debug)]
+struct Marker {
+    /// Its sequence number.
+    seq: u64,
+    /// The digest root of the store after it (absent in the first format).
+    root: Option<u64>,
+}
+
 /// The committed batch recorded in `meshkv.seq`; `None` when there is none yet.
-fn read_seq_file(dir: &Path) -> Result<Option<u64>, StorageError> {
+fn read_seq_file(dir: &Path) -> Result<Option<Marker>, StorageError> {
     let path = dir.join(SEQ_FILE);
     let bytes = match std::fs::read(&path) {
         Ok(b) => b,
@@ -678,21 +825,34 @@ fn read_seq_file(dir: &Path) -> Result<Option<u64>, StorageError> {
         // Created, then the process died before the first write.
         return Ok(None);
     }
-    let ok = bytes.len() == 24
-        && &bytes[..8] == SEQ_MAGIC
-        && bytes[16..] == xxhash_rust::xxh3::xxh3_64(&bytes[..16]).to_le_bytes();
-    if !ok {
-        return Err(StorageError::Corrupt {
-            key: path.display().to_string(),
-            reason: "the committed-batch marker is damaged (bad length, magic or checksum); \
-                     move the directory aside and restart on an empty one to recover from \
-                     the peers"
-                .into(),
-        });
+    let word = |i: usize| {
+        let mut n = [0u8; 8];
+        n.copy_from_slice(&bytes[i..i + 8]);
+        u64::from_le_bytes(n)
+    };
+    let sum_ok = |len: usize| {
+        bytes.len() == len
+            && bytes[len - 8..] == xxhash_rust::xxh3::xxh3_64(&bytes[..len - 8]).to_le_bytes()
+    };
+    if sum_ok(32) && &bytes[..8] == SEQ_MAGIC {
+        return Ok(Some(Marker {
+            seq: word(8),
+            root: Some(word(16)),
+        }));
     }
-    let mut n = [0u8; 8];
-    n.copy_from_slice(&bytes[8..16]);
-    Ok(Some(u64::from_le_bytes(n)))
+    if sum_ok(24) && &bytes[..8] == SEQ_MAGIC_V1 {
+        return Ok(Some(Marker {
+            seq: word(8),
+            root: None,
+        }));
+    }
+    Err(StorageError::Corrupt {
+        key: path.display().to_string(),
+        reason: "the committed-batch marker is damaged (bad length, magic or checksum); \
+                 move the directory aside and restart on an empty one to recover from \
+                 the peers"
+            .into(),
+    })
 }
 
 /// The batch sequence number sled holds (0 for a store written before it existed).
@@ -1014,6 +1174,7 @@ mod tests {
             let db = sled::open(&dir).unwrap();
             db.insert(key, value).unwrap();
             db.flush().unwrap();
+            close_sled(db, &dir);
         }
         Storage::open(&dir, 1, 1000 + 1, 1 << 20, Limits::default()).unwrap_err()
     }
