@@ -20,6 +20,7 @@ pub mod proto;
 pub mod replica;
 pub mod session;
 pub mod sim;
+pub mod sync;
 pub mod version;
 pub mod vopr;
 

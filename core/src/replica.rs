@@ -142,6 +142,11 @@ pub enum Op {
         value: Option<Vec<u8>>,
         /// The highest timestamp the client has seen.
         seen_ts: u64,
+        /// The session's dependency for the key (the last write of it the session
+        /// wrote or read): the write is refused with [`Outcome::Dep`] unless this
+        /// replica holds that write or a later one, so a write never overwrites (nor
+        /// reports as previous) something older than what the session saw.
+        dep: Option<Dot>,
     },
     /// An entry from a peer (push, sync answer or tree walk).
     Apply {
@@ -190,6 +195,8 @@ pub enum Outcome {
     },
     /// Watermarks adopted / trim done.
     Done,
+    /// A put refused: this replica does not hold the session's dependency yet.
+    Dep,
 }
 
 /// Per changed key: the dots that changed it and where they came from (`None`: here).
@@ -359,6 +366,18 @@ pub struct Replica {
     pub(crate) limits: Limits,
 }
 
+/// The session check, for reads and writes alike: whether a replica whose entry for
+/// the key is `entry` and whose watermarks are `seen` holds the write `dep` (or a
+/// later one of the key). The key's context covers what was merged into it; the
+/// watermark covers the rest: every write up to it is held here or superseded —
+/// including a delete whose tombstone has since been dropped with its key.
+fn satisfies(entry: Option<&Entry>, seen: &VersionVector, dep: Option<Dot>) -> bool {
+    match dep {
+        None => true,
+        Some(d) => entry.is_some_and(|e| e.covers(d)) || seen.covers(d),
+    }
+}
+
 impl Replica {
     /// A new, empty replica for server `id`.
     pub fn new(id: NodeId, limits: Limits) -> Self {
@@ -510,7 +529,14 @@ impl Replica {
                     key,
                     value,
                     seen_ts,
-                } => self.stage_put(&mut st, key, value, seen_ts, wall),
+                    dep,
+                } => {
+                    if satisfies(self.current(&st, &key), &st.meta.seen, dep) {
+                        self.stage_put(&mut st, key, value, seen_ts, wall)
+                    } else {
+                        Outcome::Dep
+                    }
+                }
                 Op::Apply {
                     key,
                     entry,
@@ -817,13 +843,8 @@ impl Replica {
     pub fn read(&mut self, key: &[u8], dep: Option<Dot>, seen_ts: u64, wall: u64) -> ReadOutcome {
         self.observe_client(seen_ts, wall);
         let e = self.store.get(key);
-        if let Some(d) = dep {
-            // The key's context covers what was merged into it; the watermark covers
-            // the rest: every write up to it is held here or superseded — including a
-            // delete whose tombstone has since been dropped with its key.
-            if !e.is_some_and(|e| e.covers(d)) && !self.seen.covers(d) {
-                return ReadOutcome::Dep;
-            }
+        if !satisfies(e, &self.seen, dep) {
+            return ReadOutcome::Dep;
         }
         match e {
             Some(Entry {

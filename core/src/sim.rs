@@ -2,13 +2,14 @@
 //!
 //! Messages sit in per-link FIFO queues (like the ordered QUIC push stream) and are
 //! delivered when the test says so; a broken link drops what was queued on it (like a
-//! closed connection). Anti-entropy and the tree walk run the same request/answer
-//! functions the real servers run. Persisting is a no-op here: every staged batch is
+//! closed connection). Anti-entropy and the tree walk run the same [`SyncRound`] and
+//! [`answer`] the real servers run. Persisting is a no-op here: every staged batch is
 //! committed at once, which is what the real commit loop does after its fsync.
 
 use crate::proto::PeerMsg;
-use crate::replica::{Op, Outcome, ReadOutcome, Replica, SyncNext};
+use crate::replica::{Op, Outcome, ReadOutcome, Replica};
 use crate::session::Session;
+use crate::sync::{answer, Event, Step, SyncRound};
 use crate::version::{NodeId, Version};
 use crate::Limits;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -24,6 +25,34 @@ pub struct SimCluster {
     skew: BTreeMap<NodeId, i64>,
     /// Entries moved by anti-entropy (fast path and walk), for efficiency checks.
     pub synced_items: usize,
+    /// The message trace, when asked for ([`SimCluster::set_trace`]).
+    trace: Option<Vec<String>>,
+}
+
+fn msg_name(m: &PeerMsg) -> String {
+    match m {
+        PeerMsg::Push { key, .. } => format!("push {}", String::from_utf8_lossy(key)),
+        PeerMsg::Links(l) => format!("links {l:?}"),
+        PeerMsg::Hello { rid } => format!("hello {rid:x}"),
+    }
+}
+
+fn resp_name(r: &crate::proto::PeerResp) -> String {
+    use crate::proto::PeerResp;
+    match r {
+        PeerResp::Pong => "pong".into(),
+        PeerResp::Sync(s) => format!(
+            "sync {} items{}{}",
+            s.items.len(),
+            if s.more { " more" } else { "" },
+            if s.fallback { " fallback" } else { "" }
+        ),
+        PeerResp::Groups(_) => "groups".into(),
+        PeerResp::Buckets(b) => format!("buckets of {} groups", b.len()),
+        PeerResp::Keys(k) => format!("{} keys", k.len()),
+        PeerResp::Fetch(i) => format!("{} entries", i.len()),
+        PeerResp::Error(e) => format!("error {e}"),
+    }
 }
 
 fn pair(a: NodeId, b: NodeId) -> (NodeId, NodeId) {
@@ -49,6 +78,7 @@ impl SimCluster {
             wall: 1_000_000,
             skew: BTreeMap::new(),
             synced_items: 0,
+            trace: None,
         };
         for &a in ids {
             for &b in ids {
@@ -60,11 +90,50 @@ impl SimCluster {
         c
     }
 
+    /// Record every message and sync step from now on (or stop recording).
+    pub fn set_trace(&mut self, on: bool) {
+        self.trace = on.then(Vec::new);
+    }
+
+    /// The trace recorded since the last call.
+    pub fn take_trace(&mut self) -> Vec<String> {
+        self.trace.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
+    fn note(&mut self, line: impl FnOnce() -> String) {
+        if let Some(t) = self.trace.as_mut() {
+            t.push(line());
+        }
+    }
+
+    /// Add server `id`, a member from now on for everyone, linked to every node in
+    /// `links`. Its incarnation is `rid`.
+    pub fn add_node(&mut self, id: NodeId, rid: NodeId, links: &[NodeId]) {
+        let limits = match self.nodes.values().next() {
+            Some(r) => r.limits.clone(),
+            None => Limits::default(),
+        };
+        let mut r = Replica::with_rid(id, rid, limits);
+        r.add_member(id);
+        for (&o, other) in self.nodes.iter_mut() {
+            r.add_member(o);
+            r.set_peer_rid(o, other.rid());
+            other.add_member(id);
+            other.set_peer_rid(id, rid);
+        }
+        self.nodes.insert(id, r);
+        self.note(|| format!("node {id} added (incarnation {rid:x})"));
+        for &o in links {
+            self.set_link(id, o, true);
+        }
+    }
+
     /// Bring a link up or down (down drops whatever was queued on it).
     pub fn set_link(&mut self, a: NodeId, b: NodeId, up: bool) {
         if a == b {
             return;
         }
+        self.note(|| format!("link {a}-{b} {}", if up { "up" } else { "down" }));
         if up {
             self.up.insert(pair(a, b));
         } else {
@@ -149,6 +218,7 @@ impl SimCluster {
         }
         self.queues.retain(|(a, b), _| *a != id && *b != id);
         self.nodes.insert(id, r);
+        self.note(|| format!("node {id} restarted as incarnation {rid:x}"));
         for &o in &ids {
             if let Some(n) = self.nodes.get_mut(&o) {
                 if o != id {
@@ -202,7 +272,14 @@ impl SimCluster {
         };
         let mut st = r.stage(ops, wall);
         let outcomes = std::mem::take(&mut st.outcomes);
+        let root = st.root;
         let relays = r.commit(st);
+        // What the storage records for its damage check must be the committed state.
+        assert_eq!(
+            r.root(),
+            root,
+            "Staged::root disagrees with the committed digest"
+        );
         for rel in relays {
             for t in rel.targets {
                 if self.up.contains(&pair(at, t)) {
@@ -228,6 +305,7 @@ impl SimCluster {
                 key: key.to_vec(),
                 value: Some(value.to_vec()),
                 seen_ts: s.seen_ts(),
+                dep: None,
             }],
         );
         match out.first() {
@@ -247,6 +325,7 @@ impl SimCluster {
                 key: key.to_vec(),
                 value: None,
                 seen_ts: s.seen_ts(),
+                dep: None,
             }],
         );
         match out.first() {
@@ -295,6 +374,7 @@ impl SimCluster {
         let Some(msg) = self.queues.get_mut(&(from, to)).and_then(|q| q.pop_front()) else {
             return false;
         };
+        self.note(|| format!("deliver {from}->{to} {}", msg_name(&msg)));
         match msg {
             PeerMsg::Push { key, entry, dots } => {
                 self.run(
@@ -331,67 +411,44 @@ impl SimCluster {
         self.queues.clear();
     }
 
-    /// One anti-entropy exchange: `a` pulls from `b` (fast path, then walk if needed).
+    /// One anti-entropy round: `a` pulls from `b` (fast path, then walk if needed),
+    /// through the same [`SyncRound`] the real server runs. Every step happens at once
+    /// (nothing else interleaves); the walk's gifts are queued on the link as pushes.
     pub fn anti_entropy(&mut self, a: NodeId, b: NodeId) {
         if !self.is_up(a, b) {
             return;
         }
-        for _ in 0..10_000 {
-            let req = self.nodes[&a].sync_request();
-            let Some(rb) = self.nodes.get_mut(&b) else {
-                return;
-            };
-            let resp = rb.answer_sync(a, &req);
+        let mut round = SyncRound::new(b);
+        let mut ev = Event::Start;
+        loop {
             let Some(ra) = self.nodes.get_mut(&a) else {
                 return;
             };
-            let ops = ra.sync_ops(b, &resp);
-            self.synced_items += ops.len();
-            self.run(a, ops);
-            match self.nodes[&a].sync_next(&resp) {
-                SyncNext::Done => return,
-                SyncNext::Again => continue,
-                SyncNext::Walk => {
-                    self.walk(a, b, resp.seen.clone());
-                    return;
+            match round.next(ra, ev) {
+                Ok(Step::Ask(req)) => {
+                    let Some(rb) = self.nodes.get_mut(&b) else {
+                        return;
+                    };
+                    let resp = answer(rb, a, req);
+                    self.note(|| format!("sync {a}<-{b} answer {}", resp_name(&resp)));
+                    ev = Event::Answer(resp);
                 }
+                Ok(Step::Commit { ops, received }) => {
+                    self.synced_items += received;
+                    self.note(|| format!("sync {a}<-{b} commit {} ops", ops.len()));
+                    self.run(a, ops);
+                    ev = Event::Committed;
+                }
+                Ok(Step::Push(msgs)) => {
+                    self.synced_items += msgs.len();
+                    self.note(|| format!("sync {a}<-{b} gives {} entries", msgs.len()));
+                    self.queues.entry((a, b)).or_default().extend(msgs);
+                    ev = Event::Pushed;
+                }
+                Ok(Step::Done) => return,
+                Err(e) => panic!("sync round {a} <- {b}: {e}"),
             }
         }
-    }
-
-    /// The tree walk: `a` pulls differing entries from `b` and gives back what it lacks.
-    pub fn walk(&mut self, a: NodeId, b: NodeId, b_seen: crate::VersionVector) {
-        let ga = self.nodes[&a].digest().groups().to_vec();
-        let gb = self.nodes[&b].digest().groups().to_vec();
-        let groups: Vec<u8> = crate::digest::differing(&ga, &gb)
-            .into_iter()
-            .map(|g| g as u8)
-            .collect();
-        let mut buckets: Vec<u16> = Vec::new();
-        let ba = self.nodes[&a].group_buckets(&groups);
-        let bb = self.nodes[&b].group_buckets(&groups);
-        for ((g, x), (_, y)) in ba.iter().zip(bb.iter()) {
-            for i in crate::digest::differing(x, y) {
-                buckets.push(((*g as u16) << 8) | i as u16);
-            }
-        }
-        let theirs = self.nodes[&b].bucket_keys(&buckets);
-        let their_keys: BTreeSet<Vec<u8>> = theirs.iter().map(|(k, _)| k.clone()).collect();
-        let (fetch, give) = self.nodes[&a].walk_diff(&buckets, &theirs);
-        let lacks: BTreeSet<Vec<u8>> = give
-            .iter()
-            .filter(|k| !their_keys.contains(*k))
-            .cloned()
-            .collect();
-        let got = self.nodes[&b].entries(&fetch);
-        let (gave, forget) = self.nodes[&a].walk_gifts(&give, &lacks, &b_seen);
-        self.synced_items += got.len() + gave.len();
-        let mut ops: Vec<Op> = got.into_iter().map(|it| it.into_op(b)).collect();
-        ops.extend(forget);
-        ops.push(Op::Adopt { seen: b_seen });
-        self.run(a, ops);
-        let ops_b: Vec<Op> = gave.into_iter().map(|it| it.into_op(a)).collect();
-        self.run(b, ops_b);
     }
 
     /// Trim logs and tombstones everywhere.

@@ -1,7 +1,9 @@
 //! # meshkv-master — the script driver
 //!
 //! [`script`] parses the command language (a pure parser, usable as a test language);
-//! [`cluster`] runs the commands against real server and client processes.
+//! [`cluster`] runs the commands against real server and client processes;
+//! [`sim_master`] runs them against an in-memory simulated cluster of the same core.
 
 pub mod cluster;
 pub mod script;
+pub mod sim_master;

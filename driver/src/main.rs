@@ -5,6 +5,7 @@
 use clap::Parser;
 use meshkv_master::cluster::{find_node_binary, Master, MasterOpts};
 use meshkv_master::script::parse_line;
+use meshkv_master::sim_master::SimMaster;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -28,6 +29,50 @@ struct Args {
     /// At exit, print on stderr how long each kind of command took in total.
     #[arg(long)]
     timing: bool,
+    /// Run the commands against an in-memory simulated cluster (the same node core,
+    /// no processes) instead of real servers and clients.
+    #[arg(long)]
+    sim: bool,
+    /// With --sim: print each command's messages and sync steps on stderr.
+    #[arg(long, requires = "sim")]
+    trace: bool,
+}
+
+/// `master --sim`: the same commands and output, against [`SimMaster`].
+fn run_sim(trace: bool) {
+    use std::io::BufRead;
+    let mut master = SimMaster::new();
+    master.set_trace(trace);
+    let stdout = std::io::stdout();
+    for (i, line) in std::io::stdin().lock().lines().enumerate() {
+        let n = i + 1;
+        let line = match line {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("master: cannot read stdin: {e}");
+                break;
+            }
+        };
+        match parse_line(&line) {
+            Ok(None) => {}
+            Ok(Some(cmd)) => {
+                if trace {
+                    eprintln!("# {n}: {cmd}");
+                }
+                let mut out = stdout.lock();
+                if let Err(e) = master.run(cmd, &mut out) {
+                    let _ = out.flush();
+                    eprintln!("line {n}: {e}");
+                }
+                if trace {
+                    for t in master.take_trace() {
+                        eprintln!("#   {t}");
+                    }
+                }
+            }
+            Err(e) => eprintln!("line {n}: {e}"),
+        }
+    }
 }
 
 fn registry_dir() -> PathBuf {
@@ -110,6 +155,10 @@ async fn run(args: Args) -> Result<(), String> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if args.sim {
+        run_sim(args.trace);
+        return ExitCode::SUCCESS;
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

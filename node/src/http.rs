@@ -1492,29 +1492,28 @@ async fn read_checked(
     let dep = after.map(|v| v.dot);
     let seen_ts = after.map_or(0, |v| v.ts);
     loop {
+        // The session check is the core's (`Replica::read`), the same for every client.
         match app.server.get(key, dep, seen_ts)? {
             ReadOutcome::Dep => {}
             other => return Ok(Waited::Ready(other)),
         }
-        // The key's context does not cover the token. If this server's watermark does,
-        // it has incorporated that write and the key's record of it was dropped since
-        // (a tombstone trimmed once every server held it): the current state is at
-        // least as new as the token.
-        if let Some(d) = dep {
-            if app.server.digest().2.covers(d) {
-                return Ok(Waited::Ready(app.server.get(key, None, seen_ts)?));
-            }
-        }
-        let now = tokio::time::Instant::now();
-        if now >= deadline {
+        if !wait_for_commit(deadline, app).await {
             return Ok(Waited::Dep);
         }
-        // Re-check at every commit; the short cap covers a commit that landed between
-        // the check and the subscription.
-        app.server
-            .wait_commit((deadline - now).min(Duration::from_millis(50)))
-            .await;
     }
+}
+
+/// Wait for the next commit (capped at 50 ms, which covers one that landed between
+/// the check and the subscription); false once `deadline` has passed.
+async fn wait_for_commit(deadline: tokio::time::Instant, app: &App) -> bool {
+    let now = tokio::time::Instant::now();
+    if now >= deadline {
+        return false;
+    }
+    app.server
+        .wait_commit((deadline - now).min(Duration::from_millis(50)))
+        .await;
+    true
 }
 
 fn err_dep() -> Response {
@@ -1555,17 +1554,27 @@ async fn write(
     wait: Duration,
     is_put: bool,
 ) -> Response {
-    if after.is_some() {
-        // Never write on a replica behind the session: the previous value it would
-        // return (and overwrite) could be older than what the session saw.
-        match read_checked(app, &key, after, wait).await {
-            Err(e) => return server_error(e),
-            Ok(Waited::Dep) | Ok(Waited::Ready(ReadOutcome::Dep)) => return err_dep(),
-            Ok(Waited::Ready(_)) => {}
-        }
-    }
+    // Never write on a replica behind the session: the previous value it would return
+    // (and overwrite) could be older than what the session saw. The core checks it in
+    // the same step that stamps the write (`Op::Put::dep`).
+    let deadline = tokio::time::Instant::now() + wait;
+    let dep = after.map(|v| v.dot);
     let seen_ts = after.map_or(0, |v| v.ts);
-    match app.server.put(key, value, seen_ts).await {
+    let outcome = loop {
+        match app
+            .server
+            .put(key.clone(), value.clone(), seen_ts, dep)
+            .await
+        {
+            Ok(Outcome::Dep) => {
+                if !wait_for_commit(deadline, app).await {
+                    return err_dep();
+                }
+            }
+            other => break other,
+        }
+    };
+    match outcome {
         Ok(Outcome::Put { version, previous }) => {
             let prev_version = previous.as_ref().map(|p| p.version);
             let prev_value = previous.and_then(|p| p.value);

@@ -21,9 +21,8 @@ use crate::net::{self, NetTuning};
 use crate::pki::{self, Identity, Role, TlsMaterial};
 use crate::storage::{Storage, StorageError, StorageStats};
 use bytes::Bytes;
-use meshkv_core::digest;
 use meshkv_core::proto::{self, ClientReq, ClientResp, PeerMsg, PeerReq, PeerResp};
-use meshkv_core::replica::{SyncNext, SyncResp};
+use meshkv_core::sync::{Event as SyncEvent, Step as SyncStep, SyncError, SyncRound};
 use meshkv_core::{Limits, NodeId, Op, Outcome, ReadOutcome, Relay, Replica, VersionVector};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -114,6 +113,20 @@ pub enum ServerError {
     /// are refused (reads still served) until space returns.
     #[error("ERR_DISK_FULL: {0}")]
     DiskFull(String),
+}
+
+/// Why an anti-entropy round stopped early (logged; the next round starts afresh).
+#[derive(Debug, thiserror::Error)]
+enum RoundError {
+    /// The peer's answers broke the protocol.
+    #[error(transparent)]
+    Protocol(#[from] SyncError),
+    /// The request could not be carried (link closed, timeout, bad frame).
+    #[error(transparent)]
+    Transport(#[from] FrameError),
+    /// What was received could not be committed.
+    #[error(transparent)]
+    Commit(#[from] ServerError),
 }
 
 struct CommitJob {
@@ -347,12 +360,15 @@ impl Server {
         }
     }
 
-    /// Write through this server (value `None` deletes); resolves once durable.
+    /// Write through this server (value `None` deletes); resolves once durable. With
+    /// a session dependency `dep` the outcome is [`Outcome::Dep`] (nothing written)
+    /// while this replica does not hold that write.
     pub async fn put(
         &self,
         key: Vec<u8>,
         value: Option<Vec<u8>>,
         seen_ts: u64,
+        dep: Option<meshkv_core::Dot>,
     ) -> Result<Outcome, ServerError> {
         self.check_key(&key)?;
         if let Some(v) = &value {
@@ -371,6 +387,7 @@ impl Server {
                 key,
                 value,
                 seen_ts,
+                dep,
             }])
             .await?;
         out.pop().ok_or(ServerError::Stopped)
@@ -455,6 +472,7 @@ impl Server {
                 key,
                 value,
                 seen_ts: 0,
+                dep: None,
             }])
             .await
             .map(|_| ())
@@ -1351,24 +1369,14 @@ impl Shared {
     }
 
     fn answer(&self, id: NodeId, req: PeerReq, st: &PeerStats) -> PeerResp {
-        let mut r = lock(&self.replica);
-        match req {
-            PeerReq::Ping => PeerResp::Pong,
-            PeerReq::Sync(q) => {
-                let resp = r.answer_sync(id, &q);
-                st.catchup_keys_sent
-                    .fetch_add(resp.items.len() as u64, Relaxed);
-                PeerResp::Sync(resp)
-            }
-            PeerReq::Groups => PeerResp::Groups(r.digest().groups().to_vec()),
-            PeerReq::Buckets(g) => PeerResp::Buckets(r.group_buckets(&g)),
-            PeerReq::Keys(b) => PeerResp::Keys(r.bucket_keys(&b)),
-            PeerReq::Fetch(keys) => {
-                let items = r.entries(&keys);
-                st.catchup_keys_sent.fetch_add(items.len() as u64, Relaxed);
-                PeerResp::Fetch(items)
-            }
-        }
+        let resp = meshkv_core::sync::answer(&mut lock(&self.replica), id, req);
+        let sent = match &resp {
+            PeerResp::Sync(r) => r.items.len(),
+            PeerResp::Fetch(items) => items.len(),
+            _ => 0,
+        };
+        st.catchup_keys_sent.fetch_add(sent as u64, Relaxed);
+        resp
     }
 
     async fn ask(
@@ -1419,114 +1427,41 @@ impl Shared {
         }
     }
 
+    /// One anti-entropy round against `id`, driving the core's [`SyncRound`]: asks go
+    /// out as requests on `conn`, commits through the commit thread, gifts on the push
+    /// stream.
     async fn sync_round(
         &self,
         conn: &quinn::Connection,
         id: NodeId,
         st: &PeerStats,
-    ) -> Result<(), String> {
+    ) -> Result<(), RoundError> {
         let _one_at_a_time = self.sync_lock.lock().await;
-        for _ in 0..100_000 {
-            let req = lock(&self.replica).sync_request();
-            let resp: SyncResp = match self.ask(conn, PeerReq::Sync(req), st).await {
-                Ok(PeerResp::Sync(r)) => r,
-                Ok(other) => return Err(format!("unexpected answer {other:?}")),
-                Err(e) => return Err(e.to_string()),
-            };
-            let ops = lock(&self.replica).sync_ops(id, &resp);
-            st.catchup_keys_received
-                .fetch_add(ops.len() as u64, Relaxed);
-            if !ops.is_empty() {
-                self.commit(ops).await.map_err(|e| e.to_string())?;
-            }
-            let next = lock(&self.replica).sync_next(&resp);
-            match next {
-                SyncNext::Done => return Ok(()),
-                SyncNext::Again => continue,
-                SyncNext::Walk => return self.walk(conn, id, resp.seen, st).await,
-            }
-        }
-        Ok(())
-    }
-
-    /// The tree walk against `id` (see `meshkv_core::replica`).
-    async fn walk(
-        &self,
-        conn: &quinn::Connection,
-        id: NodeId,
-        peer_seen: VersionVector,
-        st: &PeerStats,
-    ) -> Result<(), String> {
-        st.walks.fetch_add(1, Relaxed);
-        let theirs = match self.ask(conn, PeerReq::Groups, st).await {
-            Ok(PeerResp::Groups(g)) if g.len() == digest::GROUPS => g,
-            Ok(other) => return Err(format!("unexpected answer {other:?}")),
-            Err(e) => return Err(e.to_string()),
-        };
-        let mine = lock(&self.replica).digest().groups().to_vec();
-        let groups: Vec<u8> = digest::differing(&mine, &theirs)
-            .into_iter()
-            .map(|g| g as u8)
-            .collect();
-        let mut buckets: Vec<u16> = Vec::new();
-        for chunk in groups.chunks(32) {
-            let theirs = match self.ask(conn, PeerReq::Buckets(chunk.to_vec()), st).await {
-                Ok(PeerResp::Buckets(b)) => b,
-                Ok(other) => return Err(format!("unexpected answer {other:?}")),
-                Err(e) => return Err(e.to_string()),
-            };
-            let mine = lock(&self.replica).group_buckets(chunk);
-            for ((g, a), (g2, b)) in mine.iter().zip(theirs.iter()) {
-                if g != g2 || b.len() != digest::BUCKETS_PER_GROUP {
-                    return Err("malformed bucket answer".into());
+        let mut round = SyncRound::new(id);
+        let mut ev = SyncEvent::Start;
+        loop {
+            let step = round.next(&mut lock(&self.replica), ev)?;
+            ev = match step {
+                SyncStep::Ask(req) => SyncEvent::Answer(self.ask(conn, req, st).await?),
+                SyncStep::Commit { ops, received } => {
+                    st.catchup_keys_received.fetch_add(received as u64, Relaxed);
+                    self.commit(ops).await?;
+                    SyncEvent::Committed
                 }
-                for i in digest::differing(a, b) {
-                    buckets.push(((*g as u16) << 8) | i as u16);
+                SyncStep::Push(msgs) => {
+                    for msg in &msgs {
+                        if self.send_to(id, msg) {
+                            st.catchup_keys_sent.fetch_add(1, Relaxed);
+                        }
+                    }
+                    SyncEvent::Pushed
                 }
-            }
-        }
-        for chunk in buckets.chunks(1024) {
-            let theirs = match self.ask(conn, PeerReq::Keys(chunk.to_vec()), st).await {
-                Ok(PeerResp::Keys(k)) => k,
-                Ok(other) => return Err(format!("unexpected answer {other:?}")),
-                Err(e) => return Err(e.to_string()),
+                SyncStep::Done => break,
             };
-            let their_keys: BTreeSet<&[u8]> = theirs.iter().map(|(k, _)| k.as_slice()).collect();
-            let (fetch, give) = lock(&self.replica).walk_diff(chunk, &theirs);
-            let lacks: BTreeSet<Vec<u8>> = give
-                .iter()
-                .filter(|k| !their_keys.contains(k.as_slice()))
-                .cloned()
-                .collect();
-            for keys in fetch.chunks(2048) {
-                let items = match self.ask(conn, PeerReq::Fetch(keys.to_vec()), st).await {
-                    Ok(PeerResp::Fetch(i)) => i,
-                    Ok(other) => return Err(format!("unexpected answer {other:?}")),
-                    Err(e) => return Err(e.to_string()),
-                };
-                st.catchup_keys_received
-                    .fetch_add(items.len() as u64, Relaxed);
-                let ops: Vec<Op> = items.into_iter().map(|it| it.into_op(id)).collect();
-                self.commit(ops).await.map_err(|e| e.to_string())?;
-            }
-            let (gifts, forget) = lock(&self.replica).walk_gifts(&give, &lacks, &peer_seen);
-            if !forget.is_empty() {
-                self.commit(forget).await.map_err(|e| e.to_string())?;
-            }
-            for it in gifts {
-                let msg = PeerMsg::Push {
-                    key: it.key,
-                    entry: it.entry,
-                    dots: Vec::new(),
-                };
-                if self.send_to(id, &msg) {
-                    st.catchup_keys_sent.fetch_add(1, Relaxed);
-                }
-            }
         }
-        self.commit(vec![Op::Adopt { seen: peer_seen }])
-            .await
-            .map_err(|e| e.to_string())?;
+        if round.walked() {
+            st.walks.fetch_add(1, Relaxed);
+        }
         Ok(())
     }
 
@@ -1692,7 +1627,7 @@ impl Server {
                 key,
                 value,
                 seen_ts,
-            } => match self.put(key, value, seen_ts).await {
+            } => match self.put(key, value, seen_ts, None).await {
                 Ok(Outcome::Put { version, previous }) => ClientResp::Put {
                     version,
                     previous: previous.and_then(|p| p.value),

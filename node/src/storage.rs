@@ -1281,6 +1281,7 @@ mod tests {
             key: k.into(),
             value: Some(b"v".to_vec()),
             seen_ts: 0,
+            dep: None,
         };
         let st = r.stage(vec![put("a")], 10);
         let e = s.persist(&st).unwrap_err();

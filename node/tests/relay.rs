@@ -121,7 +121,7 @@ async fn a_write_just_after_a_silent_cut_reaches_every_server_by_relay() {
     let mut worst = Duration::ZERO;
     for n in 0..5 {
         let key = format!("after-cut-{n}").into_bytes();
-        s[0].put(key.clone(), Some(b"v".to_vec()), 0)
+        s[0].put(key.clone(), Some(b"v".to_vec()), 0, None)
             .await
             .expect("put");
         let t = Instant::now();

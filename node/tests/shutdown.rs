@@ -40,7 +40,7 @@ async fn shutdown_leaves_no_task_or_thread_running() {
     assert!(servers[1].wait_link(0, Duration::from_secs(10)).await);
     for i in 0..50u32 {
         servers[(i % 2) as usize]
-            .put(format!("k{i}").into_bytes(), Some(b"v".to_vec()), 0)
+            .put(format!("k{i}").into_bytes(), Some(b"v".to_vec()), 0, None)
             .await
             .expect("put");
     }
@@ -61,7 +61,7 @@ async fn shutdown_leaves_no_task_or_thread_running() {
     // A stopped server refuses writes instead of hanging.
     let r = tokio::time::timeout(
         Duration::from_secs(5),
-        servers[0].put(b"late".to_vec(), Some(b"v".to_vec()), 0),
+        servers[0].put(b"late".to_vec(), Some(b"v".to_vec()), 0, None),
     )
     .await
     .expect("answered");

@@ -30,6 +30,7 @@ fn put(key: &str, value: &str) -> Op {
         key: key.as_bytes().to_vec(),
         value: Some(value.as_bytes().to_vec()),
         seen_ts: 0,
+        dep: None,
     }
 }
 
@@ -38,6 +39,7 @@ fn delete(key: &str) -> Op {
         key: key.as_bytes().to_vec(),
         value: None,
         seen_ts: 0,
+        dep: None,
     }
 }
 

@@ -9,6 +9,7 @@ fn put(r: &mut Replica, key: &[u8], value: &[u8], wall: u64) -> (Version, Vec<Re
             key: key.to_vec(),
             value: Some(value.to_vec()),
             seen_ts: 0,
+            dep: None,
         }],
         wall,
     );
@@ -167,6 +168,7 @@ fn a_fast_peer_does_not_drag_the_clock_and_later_writes_still_win() {
             key: b"z".to_vec(),
             value: Some(b"1".to_vec()),
             seen_ts: u64::MAX,
+            dep: None,
         }],
         wall + 4,
     );
@@ -261,6 +263,7 @@ fn tombstones_are_dropped_only_when_everyone_holds_them_and_never_resurrect() {
             key: b"k".to_vec(),
             value: None,
             seen_ts: 0,
+            dep: None,
         }],
         5_000_000,
     );
@@ -316,6 +319,7 @@ fn a_put_after_a_trim_in_the_same_batch_is_not_lost() {
             key: b"k".to_vec(),
             value: None,
             seen_ts: 0,
+            dep: None,
         }],
         10,
     );
@@ -328,6 +332,7 @@ fn a_put_after_a_trim_in_the_same_batch_is_not_lost() {
                 key: b"k".to_vec(),
                 value: Some(b"back".to_vec()),
                 seen_ts: 0,
+                dep: None,
             },
         ],
         20,
@@ -429,4 +434,54 @@ proptest! {
         c.settle();
         prop_assert!(c.converged());
     }
+}
+
+/// The write-side session check: a put whose dependency this replica lacks is refused
+/// and writes nothing; once the dependency arrives the same put goes through, after it.
+#[test]
+fn a_put_behind_its_dependency_is_refused_and_writes_nothing() {
+    let mut a = Replica::new(1, Limits::default());
+    let mut b = Replica::new(2, Limits::default());
+    let (v, _) = put(&mut a, b"k", b"from-a", 100);
+    let attempt = |r: &mut Replica| {
+        let st = r.stage(
+            vec![Op::Put {
+                key: b"k".to_vec(),
+                value: Some(b"from-b".to_vec()),
+                seen_ts: v.ts,
+                dep: Some(v.dot),
+            }],
+            50,
+        );
+        let out = st.outcomes[0].clone();
+        let empty = st.is_empty();
+        r.commit(st);
+        (out, empty)
+    };
+    let (out, empty) = attempt(&mut b);
+    assert_eq!(out, Outcome::Dep);
+    assert!(empty, "a refused put stages nothing");
+    assert_eq!(b.counter, 0, "no dot handed out");
+    assert_eq!(
+        b.read(b"k", None, 0, 50),
+        ReadOutcome::Missing { version: None }
+    );
+    // The dependency arrives; the put now supersedes it.
+    let entry = a.entry(b"k").cloned().unwrap();
+    let st = b.stage(
+        vec![Op::Apply {
+            key: b"k".to_vec(),
+            entry,
+            dots: vec![v.dot],
+            from: Some(1),
+        }],
+        60,
+    );
+    b.commit(st);
+    let (out, _) = attempt(&mut b);
+    let Outcome::Put { version, previous } = out else {
+        panic!("{out:?}")
+    };
+    assert!(version.ts > v.ts);
+    assert_eq!(previous.map(|p| p.version), Some(v));
 }
