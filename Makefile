@@ -40,7 +40,7 @@ SEEDS ?= 10000
 sim:
 	$(CARGO) build --release -p meshkv-master --bin meshkv-sim
 	target/release/meshkv-sim --seeds $(SEEDS)
-	for m in reuse-dot skip-dep-check trim-ignoring-members; do \
+	for m in reuse-dot skip-dep-check trim-ignoring-members ack-before-fsync; do \
 	  target/release/meshkv-sim --seeds 1000 --mutation $$m || exit 1; done
 
 # The seed's benchmark: 5 servers, clients 5-9 one per server, N rotating puts, then

@@ -7,7 +7,9 @@
 //! * `partition` / `heal`: a link goes down (what was queued on it is lost) or up;
 //! * `loss`, `duplicate`, `reorder`: a queued push is dropped, queued twice, or a later
 //!   queue is delivered before an earlier one;
-//! * `crash`: a server restarts from its disk as a new incarnation;
+//! * `crash`: a server restarts from its disk as a new incarnation (the disk holds every
+//!   write the server acknowledged: the real server fsyncs before it answers; the
+//!   `ack-before-fsync` mutation breaks exactly that);
 //! * `wipe`: it restarts on an empty disk (a replaced disk);
 //! * `rollback`: it restarts from an older copy of its disk (a restored backup);
 //! * `skew`: a server's clock jumps up to an hour ahead or behind.
@@ -44,14 +46,18 @@ pub enum Mutation {
     SkipDependencyCheck,
     /// Trimming ignores the members that have not acknowledged a record.
     TrimIgnoringMembers,
+    /// A server acknowledges a write before it is durable: its fsync runs later, and a
+    /// crash in between restarts it from the disk as last synced.
+    AckBeforeFsync,
 }
 
 impl Mutation {
     /// Every mutation.
-    pub const ALL: [Mutation; 3] = [
+    pub const ALL: [Mutation; 4] = [
         Mutation::ReuseDotAfterRestart,
         Mutation::SkipDependencyCheck,
         Mutation::TrimIgnoringMembers,
+        Mutation::AckBeforeFsync,
     ];
 
     /// Its command-line name.
@@ -60,6 +66,7 @@ impl Mutation {
             Mutation::ReuseDotAfterRestart => "reuse-dot",
             Mutation::SkipDependencyCheck => "skip-dep-check",
             Mutation::TrimIgnoringMembers => "trim-ignoring-members",
+            Mutation::AckBeforeFsync => "ack-before-fsync",
         }
     }
 
@@ -115,6 +122,8 @@ struct Run {
     acked: Vec<Acked>,
     dots: BTreeSet<Dot>,
     backups: BTreeMap<NodeId, Replica>,
+    /// With [`Mutation::AckBeforeFsync`]: each server's disk as of its last fsync.
+    synced: BTreeMap<NodeId, Replica>,
     report: Report,
     cfg: Config,
 }
@@ -266,18 +275,35 @@ impl Run {
                 }
             }
         };
+        let late_fsync = self.cfg.mutation == Some(Mutation::AckBeforeFsync);
         let disk: Option<Replica> = match kind {
+            // The planted bug: the disk lags what was acknowledged.
+            "crash" if late_fsync => self.synced.get(&id).cloned(),
             "crash" => self.c.nodes.get(&id).cloned(),
             "rollback" => self.backups.get(&id).cloned(),
             _ => None,
         };
-        self.lose_unreplicated(id, disk.as_ref());
+        // After a crash the disk must hold everything the server acknowledged: only a
+        // wiped or older disk may take writes with it.
+        let must_hold = match kind {
+            "crash" => self.c.nodes.get(&id).cloned(),
+            _ => disk.clone(),
+        };
+        self.lose_unreplicated(id, must_hold.as_ref());
         self.fault(kind);
         self.note(|| format!("{kind} server {id} -> incarnation {rid}"));
         self.c.restart(id, disk.as_ref(), rid);
+        if late_fsync {
+            self.synced.insert(id, self.c.nodes[&id].clone());
+        }
     }
 
     fn step(&mut self) {
+        if self.cfg.mutation == Some(Mutation::AckBeforeFsync) && self.rng.gen_ratio(1, 4) {
+            // The late fsync of one server.
+            let id = self.server();
+            self.synced.insert(id, self.c.nodes[&id].clone());
+        }
         let roll = self.rng.gen_range(0..100);
         match roll {
             0..=29 => self.client_put(),
@@ -456,6 +482,7 @@ pub fn run(cfg: &Config) -> Report {
         acked: Vec::new(),
         dots: BTreeSet::new(),
         backups: BTreeMap::new(),
+        synced: BTreeMap::new(),
         report: Report::default(),
         cfg: cfg.clone(),
     };
