@@ -10,13 +10,15 @@
 //! previous dependency, because the server covered it).
 
 use crate::version::{Dot, Version};
-use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-/// The dependencies of one client session.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// The session of one client: per key, its token (the [`Version`] it last wrote or
+/// read), and the highest timestamp it has seen. The one model of a session: the
+/// master's clients, the CLI's session file and the fault suite's HTTP clients all
+/// keep one of these; a token travels as the [`Version`]'s text form.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Session {
-    deps: BTreeMap<Vec<u8>, Dot>,
+    tokens: BTreeMap<Vec<u8>, Version>,
     max_ts: u64,
 }
 
@@ -26,9 +28,14 @@ impl Session {
         Self::default()
     }
 
-    /// The dependency for `key`, if any.
+    /// The dependency for `key`, if any: the dot of its token.
     pub fn dep(&self, key: &[u8]) -> Option<Dot> {
-        self.deps.get(key).copied()
+        self.tokens.get(key).map(|v| v.dot)
+    }
+
+    /// The token for `key`, if any.
+    pub fn token(&self, key: &[u8]) -> Option<Version> {
+        self.tokens.get(key).copied()
     }
 
     /// The highest timestamp this session has seen.
@@ -36,9 +43,9 @@ impl Session {
         self.max_ts
     }
 
-    /// The client wrote `key` at `version`: that is its new dependency.
+    /// The client wrote `key` at `version`: that is its new token.
     pub fn wrote(&mut self, key: &[u8], version: Version) {
-        self.deps.insert(key.to_vec(), version.dot);
+        self.tokens.insert(key.to_vec(), version);
         self.max_ts = self.max_ts.max(version.ts);
     }
 
@@ -47,40 +54,24 @@ impl Session {
         self.wrote(key, version)
     }
 
-    /// Number of keys with a dependency.
+    /// Every key's token, in key order.
+    pub fn tokens(&self) -> impl Iterator<Item = (&[u8], Version)> {
+        self.tokens.iter().map(|(k, v)| (k.as_slice(), *v))
+    }
+
+    /// Forget everything (a new client).
+    pub fn clear(&mut self) {
+        self.tokens.clear();
+        self.max_ts = 0;
+    }
+
+    /// Number of keys with a token.
     pub fn len(&self) -> usize {
-        self.deps.len()
+        self.tokens.len()
     }
 
-    /// True when the session has no dependency.
+    /// True when the session has no token.
     pub fn is_empty(&self) -> bool {
-        self.deps.is_empty()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn put_replaces_dependency_and_raises_seen() {
-        let mut s = Session::new();
-        s.wrote(
-            b"k",
-            Version {
-                ts: 5,
-                dot: Dot::new(1, 1),
-            },
-        );
-        s.read(
-            b"k",
-            Version {
-                ts: 9,
-                dot: Dot::new(2, 4),
-            },
-        );
-        assert_eq!(s.dep(b"k"), Some(Dot::new(2, 4)));
-        assert_eq!(s.seen_ts(), 9);
-        assert_eq!(s.dep(b"j"), None);
+        self.tokens.is_empty()
     }
 }

@@ -77,6 +77,86 @@ impl PartialOrd for Version {
     }
 }
 
+/// The text form of a [`Version`] — the session token clients carry between requests:
+/// `<ts>.<origin>.<counter>`, three decimal `u64`s. The HTTP headers, the CLI's session
+/// file and the fault suite all read and write exactly this.
+impl std::fmt::Display for Version {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}.{}", self.ts, self.dot.origin, self.dot.counter)
+    }
+}
+
+/// Why a token is not a [`Version`]. Each message is one line naming the token.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ParseVersionError {
+    /// A part is missing.
+    #[error("version {token:?} lacks the {part} (want <ts>.<origin>.<counter>)")]
+    Missing {
+        /// The token as given.
+        token: String,
+        /// Which part.
+        part: &'static str,
+    },
+    /// A part is not a decimal number.
+    #[error("version {token:?}: {part} is not a decimal number (want <ts>.<origin>.<counter>)")]
+    NotDecimal {
+        /// The token as given.
+        token: String,
+        /// Which part.
+        part: &'static str,
+    },
+    /// A part does not fit in 64 bits.
+    #[error("version {token:?}: {part} out of range")]
+    OutOfRange {
+        /// The token as given.
+        token: String,
+        /// Which part.
+        part: &'static str,
+    },
+    /// More than three parts.
+    #[error("version {token:?} has too many parts (want <ts>.<origin>.<counter>)")]
+    TooManyParts {
+        /// The token as given.
+        token: String,
+    },
+}
+
+impl std::str::FromStr for Version {
+    type Err = ParseVersionError;
+
+    /// Parse `<ts>.<origin>.<counter>` (surrounding whitespace ignored).
+    fn from_str(s: &str) -> Result<Version, ParseVersionError> {
+        let token = || s.to_string();
+        let mut it = s.trim().split('.');
+        let mut next = |part: &'static str| -> Result<u64, ParseVersionError> {
+            let p = it.next().ok_or_else(|| ParseVersionError::Missing {
+                token: token(),
+                part,
+            })?;
+            if p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(ParseVersionError::NotDecimal {
+                    token: token(),
+                    part,
+                });
+            }
+            p.parse::<u64>().map_err(|_| ParseVersionError::OutOfRange {
+                token: token(),
+                part,
+            })
+        };
+        let ts = next("timestamp")?;
+        let origin = next("origin")?;
+        let counter = next("counter")?;
+        if it.next().is_some() {
+            return Err(ParseVersionError::TooManyParts { token: token() });
+        }
+        Ok(Version {
+            ts,
+            dot: Dot { origin, counter },
+        })
+    }
+}
+
 /// Origin → highest incorporated counter. Absent origins count as 0.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct VersionVector(BTreeMap<NodeId, u64>);

@@ -37,17 +37,14 @@
 //! replaced atomically; two commands running at the same time on one file may lose
 //! one of their updates (the guarantee then covers the one kept).
 
-use crate::http::{
-    decode_key, encode_key, format_version, parse_version, AFTER_HEADER, VERSION_HEADER,
-    WAIT_HEADER,
-};
+use crate::http::{decode_key, encode_key, AFTER_HEADER, VERSION_HEADER, WAIT_HEADER};
 use crate::pki::{self, Role};
 pub use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 pub use hyper::Method;
 use hyper_util::rt::TokioIo;
-use meshkv_core::Version;
+use meshkv_core::{Session, Version};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
@@ -189,7 +186,7 @@ impl Reply {
     /// The `X-Meshkv-Version` header, parsed.
     pub fn version(&self) -> Option<Version> {
         self.header(VERSION_HEADER)
-            .and_then(|v| parse_version(v).ok())
+            .and_then(|v| v.parse::<Version>().ok())
     }
 
     /// The body's first line, for messages.
@@ -482,15 +479,22 @@ impl Conn {
     }
 }
 
-/// The causal tokens of a CLI session, kept in a file between invocations.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// The causal tokens of a CLI session, kept in a file between invocations: a
+/// [`Session`] (the one session model) and its file format.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SessionFile {
+    session: Session,
+}
+
+/// The file's JSON: `{"meshkv_session":1,"keys":{"<percent-encoded key>":"<token>"}}`.
+#[derive(Serialize, Deserialize)]
+struct SessionFormat {
     /// Format version (1).
     #[serde(default = "one")]
-    pub meshkv_session: u32,
-    /// Percent-encoded key → `<ts>.<origin>.<counter>`.
+    meshkv_session: u32,
+    /// Percent-encoded key → token ([`Version`]'s text form).
     #[serde(default)]
-    pub keys: BTreeMap<String, String>,
+    keys: BTreeMap<String, String>,
 }
 
 fn one() -> u32 {
@@ -508,38 +512,46 @@ impl SessionFile {
         if text.trim().is_empty() {
             return Ok(SessionFile::new());
         }
-        let s: SessionFile = serde_json::from_str(&text).map_err(|e| {
+        let f: SessionFormat = serde_json::from_str(&text).map_err(|e| {
             format!(
                 "session file {} is not a meshkv session: {e}",
                 path.display()
             )
         })?;
-        if s.meshkv_session != 1 {
+        if f.meshkv_session != 1 {
             return Err(format!(
                 "session file {} has format {}, this meshkv reads 1",
                 path.display(),
-                s.meshkv_session
+                f.meshkv_session
             ));
         }
-        for (k, v) in &s.keys {
-            decode_key(k)
-                .and_then(|_| parse_version(v))
+        let mut session = Session::new();
+        for (k, v) in &f.keys {
+            let key = decode_key(k).map_err(|e| format!("session file {}: {e}", path.display()))?;
+            let version: Version = v
+                .parse()
                 .map_err(|e| format!("session file {}: {e}", path.display()))?;
+            session.wrote(&key, version);
         }
-        Ok(s)
+        Ok(SessionFile { session })
     }
 
     /// An empty session.
     pub fn new() -> SessionFile {
-        SessionFile {
-            meshkv_session: 1,
-            keys: BTreeMap::new(),
-        }
+        SessionFile::default()
     }
 
     /// Write `path` atomically (temporary file + rename).
     pub fn save(&self, path: &Path) -> Result<(), String> {
-        let text = serde_json::to_string_pretty(self).map_err(|e| e.to_string())?;
+        let f = SessionFormat {
+            meshkv_session: 1,
+            keys: self
+                .session
+                .tokens()
+                .map(|(k, v)| (encode_key(k), v.to_string()))
+                .collect(),
+        };
+        let text = serde_json::to_string_pretty(&f).map_err(|e| e.to_string())?;
         let mut tmp = path.as_os_str().to_owned();
         tmp.push(format!(".tmp{}", std::process::id()));
         let tmp = PathBuf::from(tmp);
@@ -558,14 +570,12 @@ impl SessionFile {
 
     /// The token for `key`.
     pub fn token(&self, key: &[u8]) -> Option<Version> {
-        self.keys
-            .get(&encode_key(key))
-            .and_then(|v| parse_version(v).ok())
+        self.session.token(key)
     }
 
     /// Remember `version` for `key`.
     pub fn set(&mut self, key: &[u8], version: Version) {
-        self.keys.insert(encode_key(key), format_version(&version));
+        self.session.wrote(key, version);
     }
 }
 
@@ -696,7 +706,7 @@ impl Ctx {
         let path = format!("/kv/{}", encode_key(key));
         let mut headers = vec![(WAIT_HEADER, self.wait_ms.to_string())];
         if let Some(v) = self.token(key) {
-            headers.push((AFTER_HEADER, format_version(&v)));
+            headers.push((AFTER_HEADER, v.to_string()));
         }
         // A server catching up after its start answers 503 ERR_NOT_READY with a
         // retry hint: when that is all we hear, try the round again for a while.
@@ -1071,13 +1081,17 @@ mod tests {
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let p = dir.path().join("s.json");
         let mut s = SessionFile::load(&p)?;
-        assert!(s.keys.is_empty());
+        assert_eq!(s, SessionFile::new());
         let v = Version {
             ts: 5,
             dot: meshkv_core::Dot::new(1, 2),
         };
         s.set(b"a b", v);
         s.save(&p)?;
+        // The file format: percent-encoded keys, tokens in the Version text form.
+        let text = std::fs::read_to_string(&p).map_err(|e| e.to_string())?;
+        assert!(text.contains(r#""meshkv_session": 1"#), "{text}");
+        assert!(text.contains(r#""a%20b": "5.1.2""#), "{text}");
         let again = SessionFile::load(&p)?;
         assert_eq!(again.token(b"a b"), Some(v));
         assert_eq!(again, s);

@@ -72,7 +72,7 @@ use axum::routing::any;
 use axum::Router;
 use http_body_util::BodyExt;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use meshkv_core::{Dot, Outcome, ReadOutcome, Version};
+use meshkv_core::{Outcome, ReadOutcome, Version};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::collections::{BTreeMap, HashMap};
@@ -95,40 +95,6 @@ pub const PREVIOUS_VERSION_HEADER: &str = "x-meshkv-previous-version";
 pub const AFTER_HEADER: &str = "x-meshkv-after";
 /// Request header: how long to wait for replication instead of answering `ERR_DEP`.
 pub const WAIT_HEADER: &str = "x-meshkv-wait-ms";
-
-/// `<ts>.<origin>.<counter>`.
-pub fn format_version(v: &Version) -> String {
-    format!("{}.{}.{}", v.ts, v.dot.origin, v.dot.counter)
-}
-
-/// Parse `<ts>.<origin>.<counter>` (three decimal u64).
-pub fn parse_version(s: &str) -> Result<Version, String> {
-    let mut it = s.trim().split('.');
-    let mut next = |what: &str| -> Result<u64, String> {
-        let p = it.next().ok_or_else(|| {
-            format!("version {s:?} lacks the {what} (want <ts>.<origin>.<counter>)")
-        })?;
-        if p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(format!(
-                "version {s:?}: {what} is not a decimal number (want <ts>.<origin>.<counter>)"
-            ));
-        }
-        p.parse::<u64>()
-            .map_err(|_| format!("version {s:?}: {what} out of range"))
-    };
-    let ts = next("timestamp")?;
-    let origin = next("origin")?;
-    let counter = next("counter")?;
-    if it.next().is_some() {
-        return Err(format!(
-            "version {s:?} has too many parts (want <ts>.<origin>.<counter>)"
-        ));
-    }
-    Ok(Version {
-        ts,
-        dot: Dot { origin, counter },
-    })
-}
 
 /// Percent-encode every byte but the unreserved ones (`A-Z a-z 0-9 - . _ ~`).
 pub fn encode_key(key: &[u8]) -> String {
@@ -1318,7 +1284,10 @@ fn session_headers(h: &HeaderMap, cap: Duration) -> Result<(Option<Version>, Dur
             // A token's timestamp is never refused: it moves this server's clock only
             // within the offset bound (see `meshkv_core::hlc`), so a token minted by a
             // server with a fast clock works everywhere and a forged one drags nothing.
-            Some(parse_version(s).map_err(|e| format!("header {AFTER_HEADER}: {e}"))?)
+            Some(
+                s.parse::<Version>()
+                    .map_err(|e| format!("header {AFTER_HEADER}: {e}"))?,
+            )
         }
     };
     let wait = match header_str(h, WAIT_HEADER)? {
@@ -1339,7 +1308,7 @@ fn session_headers(h: &HeaderMap, cap: Duration) -> Result<(Option<Version>, Dur
 
 fn version_value(v: &Version) -> HeaderValue {
     // Digits and dots only: always a valid header value.
-    HeaderValue::from_str(&format_version(v)).unwrap_or_else(|_| HeaderValue::from_static("0.0.0"))
+    HeaderValue::from_str(&v.to_string()).unwrap_or_else(|_| HeaderValue::from_static("0.0.0"))
 }
 
 fn server_error(e: ServerError) -> Response {
@@ -1612,9 +1581,9 @@ mod tests {
     fn versions_round_trip_and_reject_garbage() {
         let v = Version {
             ts: 1_700_000_000_000_000,
-            dot: Dot::new(2, 17),
+            dot: meshkv_core::Dot::new(2, 17),
         };
-        assert_eq!(parse_version(&format_version(&v)), Ok(v));
+        assert_eq!(v.to_string().parse::<Version>(), Ok(v));
         for bad in [
             "",
             "1.2",
@@ -1624,7 +1593,7 @@ mod tests {
             "-1.2.3",
             "1.2.99999999999999999999999",
         ] {
-            assert!(parse_version(bad).is_err(), "{bad:?}");
+            assert!(bad.parse::<Version>().is_err(), "{bad:?}");
         }
     }
 

@@ -10,7 +10,6 @@ use bytes::Bytes;
 use hyper::Method;
 use meshkv_core::Version;
 use meshkv_node::cli::{tls_config, Endpoint, HttpClient, Reply};
-use meshkv_node::http::format_version;
 use meshkv_node::pki::{self, Ca, Identity};
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -57,7 +56,7 @@ async fn round_trips_through_a_three_server_cluster() -> Result<()> {
     assert!(v2 > v1, "a write after the token wins LWW");
     assert_eq!(
         r.header("x-meshkv-previous-version"),
-        Some(format_version(&v1).as_str())
+        Some(v1.to_string().as_str())
     );
 
     // Get on the third server with the token: the value and its version.
@@ -99,7 +98,7 @@ async fn round_trips_through_a_three_server_cluster() -> Result<()> {
     let r = get(&c, &e1, key, &after(&v3, 5000)).await?;
     assert_eq!(r.status, 404, "{r:?}");
     if let Some(v) = r.header(VERSION) {
-        assert_eq!(v, format_version(&v3));
+        assert_eq!(v, v3.to_string());
     }
 
     // Delete of a missing key: 204. Put after a delete: 201.
@@ -196,7 +195,7 @@ async fn isolated_replica_answers_err_dep_and_waits_are_bounded() -> Result<()> 
 
     // No wait: 412 ERR_DEP at once.
     let t = Instant::now();
-    let r = get(&c, &e2, b"k", &[(AFTER, format_version(&v))]).await?;
+    let r = get(&c, &e2, b"k", &[(AFTER, v.to_string())]).await?;
     assert_eq!(r.status, 412, "{r:?}");
     assert_eq!(r.line(), "ERR_DEP");
     assert!(

@@ -7,7 +7,7 @@ use anyhow::{anyhow, bail, Result};
 use bytes::Bytes;
 use hyper::Method;
 use meshkv_node::cli::{Endpoint, HttpClient, Reply};
-use meshkv_node::http::{encode_key, format_version, parse_version};
+use meshkv_node::http::encode_key;
 use meshkv_node::meshkv_core::Version;
 use meshkv_node::pki::{self, Identity};
 use std::io::{BufRead, BufReader};
@@ -302,9 +302,9 @@ pub fn version(r: &Reply) -> Result<Version> {
     let v = r
         .header(VERSION)
         .ok_or_else(|| anyhow!("no version header in {} {:?}", r.status, r.body))?;
-    parse_version(v).map_err(|e| anyhow!(e))
+    v.parse::<Version>().map_err(|e| anyhow!(e))
 }
 
 pub fn after(v: &Version, wait_ms: u64) -> Vec<(&'static str, String)> {
-    vec![(AFTER, format_version(v)), (WAIT, wait_ms.to_string())]
+    vec![(AFTER, v.to_string()), (WAIT, wait_ms.to_string())]
 }
