@@ -12,10 +12,11 @@
 //! equal roots mean identical stores *and* identical answers to session checks.
 
 use crate::script::Command;
+use crate::topology::{Connection, Topology};
 use meshkv_core::control::{ControlIn, ControlOut, ControlReq, ControlResp, GetResult};
 use meshkv_core::NodeId;
 use meshkv_node::pki::{self, Identity};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -82,11 +83,6 @@ struct ServerSlot {
     addr: Option<SocketAddr>,
 }
 
-struct ClientSlot {
-    proc: Proc,
-    links: Vec<NodeId>,
-}
-
 /// How the master runs.
 #[derive(Clone, Debug)]
 pub struct MasterOpts {
@@ -103,17 +99,15 @@ pub struct Master {
     opts: MasterOpts,
     certs: PathBuf,
     servers: BTreeMap<NodeId, ServerSlot>,
-    clients: BTreeMap<NodeId, ClientSlot>,
-    broken: BTreeSet<(NodeId, NodeId)>,
+    clients: BTreeMap<NodeId, Proc>,
+    /// Who is what, which links are broken, each client's links (shared with the
+    /// simulated master).
+    topo: Topology,
     pids: std::fs::File,
 }
 
 const CALL: Duration = Duration::from_secs(30);
 const LINK_WAIT_MS: u64 = 5_000;
-
-fn pair(a: NodeId, b: NodeId) -> (NodeId, NodeId) {
-    (a.min(b), a.max(b))
-}
 
 /// Find the `meshkv` binary: `$MESHKV_BIN`, else next to this executable.
 pub fn find_node_binary() -> Result<PathBuf, String> {
@@ -157,7 +151,7 @@ impl Master {
             certs,
             servers: BTreeMap::new(),
             clients: BTreeMap::new(),
-            broken: BTreeSet::new(),
+            topo: Topology::new(),
             pids,
         })
     }
@@ -255,15 +249,7 @@ impl Master {
     }
 
     fn live_servers(&self) -> Vec<NodeId> {
-        self.servers
-            .iter()
-            .filter(|(_, s)| s.proc.is_some())
-            .map(|(id, _)| *id)
-            .collect()
-    }
-
-    fn is_server(&self, id: NodeId) -> bool {
-        self.servers.contains_key(&id)
+        self.topo.live_servers()
     }
 
     /// Run one command. Output goes to `out`; errors are returned as one line.
@@ -330,33 +316,22 @@ impl Master {
     }
 
     fn server_proc(&mut self, id: NodeId) -> Result<&mut Proc, String> {
-        match self.servers.get_mut(&id) {
-            Some(ServerSlot { proc: Some(p), .. }) => Ok(p),
-            Some(_) => Err(format!("server {id} is not running (it was killed)")),
-            None if self.clients.contains_key(&id) => {
-                Err(format!("{id} is a client, not a server"))
-            }
-            None => Err(format!("no server with id {id}")),
-        }
+        self.topo.check_running_server(id)?;
+        self.servers
+            .get_mut(&id)
+            .and_then(|s| s.proc.as_mut())
+            .ok_or_else(|| format!("server {id} is not running"))
     }
 
     fn client_proc(&mut self, id: NodeId) -> Result<&mut Proc, String> {
-        if self.servers.contains_key(&id) {
-            return Err(format!("{id} is a server, not a client"));
-        }
+        self.topo.check_client(id)?;
         self.clients
             .get_mut(&id)
-            .map(|c| &mut c.proc)
             .ok_or_else(|| format!("no client with id {id}"))
     }
 
     async fn join_server(&mut self, id: NodeId) -> Result<(), String> {
-        if self.clients.contains_key(&id) {
-            return Err(format!("joinServer {id}: id {id} is already a client"));
-        }
-        if self.servers.get(&id).is_some_and(|s| s.proc.is_some()) {
-            return Err(format!("joinServer {id}: server {id} is already running"));
-        }
+        self.topo.check_join_server(id)?;
         let (proc, addr) = self.spawn(Identity::server(id)).await?;
         let addr = addr.ok_or_else(|| format!("server {id} reported no address"))?;
         self.servers.insert(
@@ -366,14 +341,10 @@ impl Master {
                 addr: Some(addr),
             },
         );
+        let others = self.topo.server_joined(id);
         // Servers that are down are still members: the new one must keep what they
         // have not acknowledged (log records, tombstones) until they return.
-        let down: Vec<NodeId> = self
-            .servers
-            .iter()
-            .filter(|(s, slot)| **s != id && slot.proc.is_none())
-            .map(|(s, _)| *s)
-            .collect();
+        let down = self.topo.down_servers();
         if let Some(p) = self.servers.get_mut(&id).and_then(|s| s.proc.as_mut()) {
             for d in down {
                 if let Err(e) = p.call(ControlReq::Member { id: d }, CALL).await {
@@ -381,12 +352,6 @@ impl Master {
                 }
             }
         }
-        let others: Vec<NodeId> = self
-            .live_servers()
-            .into_iter()
-            .filter(|s| *s != id)
-            .collect();
-        self.broken.retain(|(a, b)| *a != id && *b != id);
         for &o in &others {
             self.connect_servers(id, o).await;
         }
@@ -406,19 +371,13 @@ impl Master {
             }
         }
         // Clients that kept a link to this id use it again, at the new address.
-        let ids: Vec<NodeId> = self
-            .clients
-            .iter()
-            .filter(|(_, c)| c.links.contains(&id))
-            .map(|(cid, _)| *cid)
-            .collect();
-        for cid in ids {
+        for cid in self.topo.clients_linked_to(id) {
             if let Some(c) = self.clients.get_mut(&cid) {
                 let req = ControlReq::Readdress {
                     server: id,
                     addr: addr.to_string(),
                 };
-                if let Err(e) = c.proc.call(req, CALL).await {
+                if let Err(e) = c.call(req, CALL).await {
                     eprintln!("joinServer {id}: could not tell client {cid}: {e}");
                 }
             }
@@ -472,20 +431,17 @@ impl Master {
     }
 
     async fn kill_server(&mut self, id: NodeId) -> Result<(), String> {
-        let proc = match self.servers.get_mut(&id) {
-            Some(s) => s.proc.take(),
-            None => return Err(format!("killServer {id}: no server with id {id}")),
-        };
-        let Some(proc) = proc else {
-            return Err(format!("killServer {id}: server {id} is not running"));
-        };
-        proc.kill().await;
-        if let Some(s) = self.servers.get_mut(&id) {
+        let linked = self.topo.kill_server(id)?;
+        let proc = self.servers.get_mut(&id).and_then(|s| {
             s.addr = None;
+            s.proc.take()
+        });
+        if let Some(proc) = proc {
+            proc.kill().await;
         }
-        for (cid, c) in self.clients.iter_mut() {
-            if c.links.contains(&id) {
-                if let Err(e) = c.proc.call(ControlReq::Down { server: id }, CALL).await {
+        for cid in linked {
+            if let Some(c) = self.clients.get_mut(&cid) {
+                if let Err(e) = c.call(ControlReq::Down { server: id }, CALL).await {
                     eprintln!("killServer {id}: could not tell client {cid}: {e}");
                 }
             }
@@ -494,146 +450,74 @@ impl Master {
     }
 
     async fn join_client(&mut self, id: NodeId, server: NodeId) -> Result<(), String> {
-        if self.servers.contains_key(&id) {
-            return Err(format!("joinClient {id} {server}: id {id} is a server"));
-        }
-        if self.clients.contains_key(&id) {
-            return Err(format!(
-                "joinClient {id} {server}: client {id} already exists"
-            ));
-        }
-        if !self.is_server(server) {
-            return Err(format!(
-                "joinClient {id} {server}: no server with id {server}"
-            ));
-        }
+        self.topo.check_join_client(id, server)?;
         let (proc, _) = self.spawn(Identity::client(id)).await?;
-        self.clients.insert(
-            id,
-            ClientSlot {
-                proc,
-                links: Vec::new(),
-            },
-        );
-        self.link_client(id, server).await
+        self.clients.insert(id, proc);
+        self.topo.client_joined(id, server);
+        self.send_link(id, server).await
     }
 
-    async fn link_client(&mut self, cid: NodeId, sid: NodeId) -> Result<(), String> {
+    /// Tell client `cid` about its (new or renewed) link to `sid`.
+    async fn send_link(&mut self, cid: NodeId, sid: NodeId) -> Result<(), String> {
         let addr = self.servers.get(&sid).and_then(|s| s.addr);
         let Some(c) = self.clients.get_mut(&cid) else {
             return Err(format!("no client with id {cid}"));
         };
-        c.links.retain(|s| *s != sid);
-        c.links.push(sid);
         match addr {
             Some(a) => {
-                c.proc
-                    .call(
-                        ControlReq::Link {
-                            server: sid,
-                            addr: a.to_string(),
-                        },
-                        CALL,
-                    )
-                    .await?;
+                c.call(
+                    ControlReq::Link {
+                        server: sid,
+                        addr: a.to_string(),
+                    },
+                    CALL,
+                )
+                .await?;
             }
             None => {
                 // Linked to a server that is down: keep the place, mark it down.
-                c.proc
-                    .call(
-                        ControlReq::Link {
-                            server: sid,
-                            addr: "0.0.0.0:9".into(),
-                        },
-                        CALL,
-                    )
-                    .await?;
-                c.proc.call(ControlReq::Down { server: sid }, CALL).await?;
+                c.call(
+                    ControlReq::Link {
+                        server: sid,
+                        addr: "0.0.0.0:9".into(),
+                    },
+                    CALL,
+                )
+                .await?;
+                c.call(ControlReq::Down { server: sid }, CALL).await?;
             }
         }
         Ok(())
     }
 
     async fn set_connection(&mut self, a: NodeId, b: NodeId, up: bool) -> Result<(), String> {
-        let verb = if up {
-            "createConnection"
-        } else {
-            "breakConnection"
-        };
-        if a == b {
-            return Err(format!("{verb} {a} {b}: an id cannot link to itself"));
-        }
-        match (self.is_server(a), self.is_server(b)) {
-            (true, true) => {
-                if up {
-                    self.broken.remove(&pair(a, b));
-                    self.connect_servers(a, b).await;
-                } else {
-                    self.broken.insert(pair(a, b));
-                    for (x, y) in [(a, b), (b, a)] {
-                        if let Some(Some(p)) = self.servers.get_mut(&x).map(|s| s.proc.as_mut()) {
-                            if let Err(e) = p.call(ControlReq::Block { id: y }, CALL).await {
-                                eprintln!("warning: {verb} {a} {b}: {e}");
-                            }
+        match self.topo.set_connection(a, b, up)? {
+            Connection::Servers { a, b } if up => self.connect_servers(a, b).await,
+            Connection::Servers { a, b } => {
+                for (x, y) in [(a, b), (b, a)] {
+                    if let Some(Some(p)) = self.servers.get_mut(&x).map(|s| s.proc.as_mut()) {
+                        if let Err(e) = p.call(ControlReq::Block { id: y }, CALL).await {
+                            eprintln!("warning: breakConnection {a} {b}: {e}");
                         }
                     }
                 }
-                Ok(())
             }
-            (true, false) | (false, true) => {
-                let (s, c) = if self.is_server(a) { (a, b) } else { (b, a) };
-                if !self.clients.contains_key(&c) {
-                    return Err(format!("{verb} {a} {b}: no client or server with id {c}"));
-                }
-                if up {
-                    self.link_client(c, s).await
-                } else {
-                    let Some(cl) = self.clients.get_mut(&c) else {
-                        return Err(format!("no client with id {c}"));
-                    };
-                    cl.links.retain(|x| *x != s);
-                    cl.proc.call(ControlReq::Unlink { server: s }, CALL).await?;
-                    Ok(())
-                }
+            Connection::Client { client, server } if up => {
+                return self.send_link(client, server).await
             }
-            (false, false) => {
-                let unknown = [a, b]
-                    .into_iter()
-                    .filter(|x| !self.clients.contains_key(x))
-                    .map(|x| x.to_string())
-                    .collect::<Vec<_>>();
-                if unknown.is_empty() {
-                    Err(format!("{verb} {a} {b}: both are clients"))
-                } else {
-                    Err(format!("{verb} {a} {b}: unknown id {}", unknown.join(", ")))
-                }
+            Connection::Client { client, server } => {
+                let Some(c) = self.clients.get_mut(&client) else {
+                    return Err(format!("no client with id {client}"));
+                };
+                c.call(ControlReq::Unlink { server }, CALL).await?;
             }
         }
+        Ok(())
     }
 
     /// Connected components of live servers over unbroken links.
     pub fn components(&self) -> Vec<Vec<NodeId>> {
-        let live = self.live_servers();
-        let mut seen = BTreeSet::new();
-        let mut out = Vec::new();
-        for &s in &live {
-            if !seen.insert(s) {
-                continue;
-            }
-            let mut comp = vec![s];
-            let mut i = 0;
-            while i < comp.len() {
-                let x = comp[i];
-                for &y in &live {
-                    if y != x && !self.broken.contains(&pair(x, y)) && seen.insert(y) {
-                        comp.push(y);
-                    }
-                }
-                i += 1;
-            }
-            out.push(comp);
-        }
-        out
+        self.topo.components()
     }
 
     async fn stabilize(&mut self) -> Result<(), String> {
@@ -693,7 +577,7 @@ impl Master {
     pub async fn shutdown(&mut self) {
         let mut stops = Vec::new();
         for (_, c) in std::mem::take(&mut self.clients) {
-            stops.push(c.proc.stop());
+            stops.push(c.stop());
         }
         for (_, s) in std::mem::take(&mut self.servers) {
             if let Some(p) = s.proc {
@@ -755,7 +639,7 @@ impl Master {
 
     /// Pids of the running children.
     pub fn pids(&self) -> Vec<u32> {
-        let mut v: Vec<u32> = self.clients.values().map(|c| c.proc.pid).collect();
+        let mut v: Vec<u32> = self.clients.values().map(|c| c.pid).collect();
         v.extend(
             self.servers
                 .values()

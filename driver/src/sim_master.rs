@@ -23,39 +23,29 @@
 //! [`SyncRound`]: meshkv_core::sync::SyncRound
 
 use crate::script::Command;
+use crate::topology::{Connection, Topology};
 use meshkv_core::replica::ReadOutcome;
 use meshkv_core::sim::SimCluster;
 use meshkv_core::vopr::Mutation;
 use meshkv_core::{Limits, NodeId, Replica, Session};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::io::Write;
 
 /// Rounds of anti-entropy `stabilize` runs before it reports that stores differ.
 const STABILIZE_ROUNDS: usize = 64;
 
-struct SimClient {
-    session: Session,
-    /// Servers this client links to, most recent last.
-    links: Vec<NodeId>,
-}
-
 /// A master whose cluster is simulated (see the module docs).
 pub struct SimMaster {
     cluster: SimCluster,
-    live: BTreeSet<NodeId>,
+    topo: Topology,
     /// State of killed servers: their data directories.
     disks: BTreeMap<NodeId, Replica>,
-    broken: BTreeSet<(NodeId, NodeId)>,
-    clients: BTreeMap<NodeId, SimClient>,
+    /// Each client's session.
+    sessions: BTreeMap<NodeId, Session>,
     /// Incarnations are drawn from this counter (deterministic runs).
     next_rid: u64,
-    trace: bool,
     /// A planted bug (tests of the scenario check itself).
     mutation: Option<Mutation>,
-}
-
-fn pair(a: NodeId, b: NodeId) -> (NodeId, NodeId) {
-    (a.min(b), a.max(b))
 }
 
 impl Default for SimMaster {
@@ -69,12 +59,10 @@ impl SimMaster {
     pub fn new() -> Self {
         SimMaster {
             cluster: SimCluster::new(&[], Limits::default()),
-            live: BTreeSet::new(),
+            topo: Topology::new(),
             disks: BTreeMap::new(),
-            broken: BTreeSet::new(),
-            clients: BTreeMap::new(),
+            sessions: BTreeMap::new(),
             next_rid: 0x51_0000,
-            trace: false,
             mutation: None,
         }
     }
@@ -90,9 +78,8 @@ impl SimMaster {
         }
     }
 
-    /// Print the message trace of each command (as `# ...` lines on `trace_out`).
+    /// Record each command's messages and sync steps ([`SimMaster::take_trace`]).
     pub fn set_trace(&mut self, on: bool) {
-        self.trace = on;
         self.cluster.set_trace(on);
     }
 
@@ -104,10 +91,6 @@ impl SimMaster {
     fn rid(&mut self) -> NodeId {
         self.next_rid += 1;
         self.next_rid
-    }
-
-    fn is_server(&self, id: NodeId) -> bool {
-        self.cluster.nodes.contains_key(&id)
     }
 
     /// Run one command. Output goes to `out`; errors are returned as one line.
@@ -130,15 +113,9 @@ impl SimMaster {
     }
 
     fn join_server(&mut self, id: NodeId) -> Result<(), String> {
-        if self.clients.contains_key(&id) {
-            return Err(format!("joinServer {id}: id {id} is already a client"));
-        }
-        if self.live.contains(&id) {
-            return Err(format!("joinServer {id}: server {id} is already running"));
-        }
+        self.topo.check_join_server(id)?;
         let rid = self.rid();
-        self.broken.retain(|(a, b)| *a != id && *b != id);
-        let others: Vec<NodeId> = self.live.iter().copied().collect();
+        let others = self.topo.server_joined(id);
         if let Some(disk) = self.disks.remove(&id) {
             self.cluster.restart(id, Some(&disk), rid);
             for &o in &others {
@@ -147,7 +124,6 @@ impl SimMaster {
         } else {
             self.cluster.add_node(id, rid, &others);
         }
-        self.live.insert(id);
         self.cluster.deliver_all();
         for &o in &others {
             self.cluster.anti_entropy(id, o);
@@ -156,12 +132,7 @@ impl SimMaster {
     }
 
     fn kill_server(&mut self, id: NodeId) -> Result<(), String> {
-        if !self.is_server(id) {
-            return Err(format!("killServer {id}: no server with id {id}"));
-        }
-        if !self.live.remove(&id) {
-            return Err(format!("killServer {id}: server {id} is not running"));
-        }
+        self.topo.kill_server(id)?;
         let others: Vec<NodeId> = self.cluster.nodes.keys().copied().collect();
         for o in others {
             self.cluster.set_link(id, o, false);
@@ -173,102 +144,23 @@ impl SimMaster {
     }
 
     fn join_client(&mut self, id: NodeId, server: NodeId) -> Result<(), String> {
-        if self.is_server(id) {
-            return Err(format!("joinClient {id} {server}: id {id} is a server"));
-        }
-        if self.clients.contains_key(&id) {
-            return Err(format!(
-                "joinClient {id} {server}: client {id} already exists"
-            ));
-        }
-        if !self.is_server(server) {
-            return Err(format!(
-                "joinClient {id} {server}: no server with id {server}"
-            ));
-        }
-        self.clients.insert(
-            id,
-            SimClient {
-                session: Session::new(),
-                links: vec![server],
-            },
-        );
+        self.topo.check_join_client(id, server)?;
+        self.topo.client_joined(id, server);
+        self.sessions.insert(id, Session::new());
         Ok(())
     }
 
     fn set_connection(&mut self, a: NodeId, b: NodeId, up: bool) -> Result<(), String> {
-        let verb = if up {
-            "createConnection"
-        } else {
-            "breakConnection"
-        };
-        if a == b {
-            return Err(format!("{verb} {a} {b}: an id cannot link to itself"));
-        }
-        match (self.is_server(a), self.is_server(b)) {
-            (true, true) => {
-                if up {
-                    self.broken.remove(&pair(a, b));
-                } else {
-                    self.broken.insert(pair(a, b));
-                }
-                if self.live.contains(&a) && self.live.contains(&b) {
-                    self.cluster.set_link(a, b, up);
-                }
-                Ok(())
-            }
-            (true, false) | (false, true) => {
-                let (s, c) = if self.is_server(a) { (a, b) } else { (b, a) };
-                let Some(cl) = self.clients.get_mut(&c) else {
-                    return Err(format!("{verb} {a} {b}: no client or server with id {c}"));
-                };
-                cl.links.retain(|x| *x != s);
-                if up {
-                    cl.links.push(s);
-                }
-                Ok(())
-            }
-            (false, false) => {
-                let unknown = [a, b]
-                    .into_iter()
-                    .filter(|x| !self.clients.contains_key(x))
-                    .map(|x| x.to_string())
-                    .collect::<Vec<_>>();
-                if unknown.is_empty() {
-                    Err(format!("{verb} {a} {b}: both are clients"))
-                } else {
-                    Err(format!("{verb} {a} {b}: unknown id {}", unknown.join(", ")))
-                }
+        if let Connection::Servers { a, b } = self.topo.set_connection(a, b, up)? {
+            if self.topo.is_running(a) && self.topo.is_running(b) {
+                self.cluster.set_link(a, b, up);
             }
         }
-    }
-
-    /// Connected components of live servers over unbroken links.
-    fn components(&self) -> Vec<Vec<NodeId>> {
-        let mut seen = BTreeSet::new();
-        let mut out = Vec::new();
-        for &s in &self.live {
-            if !seen.insert(s) {
-                continue;
-            }
-            let mut comp = vec![s];
-            let mut i = 0;
-            while i < comp.len() {
-                let x = comp[i];
-                for &y in &self.live {
-                    if y != x && !self.broken.contains(&pair(x, y)) && seen.insert(y) {
-                        comp.push(y);
-                    }
-                }
-                i += 1;
-            }
-            out.push(comp);
-        }
-        out
+        Ok(())
     }
 
     fn stabilize(&mut self) -> Result<(), String> {
-        let comps = self.components();
+        let comps = self.topo.components();
         for _ in 0..STABILIZE_ROUNDS {
             let settled = comps.iter().all(|c| {
                 let r0 = self.cluster.nodes[&c[0]].root();
@@ -294,15 +186,7 @@ impl SimMaster {
     }
 
     fn print_store(&mut self, id: NodeId, out: &mut impl Write) -> Result<(), String> {
-        if self.clients.contains_key(&id) {
-            return Err(format!("{id} is a client, not a server"));
-        }
-        if !self.is_server(id) {
-            return Err(format!("no server with id {id}"));
-        }
-        if !self.live.contains(&id) {
-            return Err(format!("server {id} is not running (it was killed)"));
-        }
+        self.topo.check_running_server(id)?;
         for (k, v) in self.cluster.nodes[&id].dump() {
             let _ = writeln!(
                 out,
@@ -316,57 +200,44 @@ impl SimMaster {
 
     /// The server a client's request goes to: its newest link to a running server.
     fn route(&self, client: NodeId) -> Result<Option<NodeId>, String> {
-        if self.is_server(client) {
-            return Err(format!("{client} is a server, not a client"));
-        }
-        let c = self
-            .clients
-            .get(&client)
-            .ok_or_else(|| format!("no client with id {client}"))?;
-        Ok(c.links
+        self.topo.check_client(client)?;
+        Ok(self
+            .topo
+            .links(client)
             .iter()
             .rev()
             .copied()
-            .find(|s| self.live.contains(s)))
+            .find(|s| self.topo.is_running(*s)))
     }
 
     fn put(&mut self, client: NodeId, key: &str, value: &str) -> Result<(), String> {
         let Some(at) = self.route(client)? else {
-            let tried: Vec<NodeId> = Vec::new();
-            return Err(format!(
-                "put {client} {key}: no reachable server (tried {tried:?})"
-            ));
+            return Err(format!("put {client} {key}: no reachable server"));
         };
-        let Some(c) = self.clients.get_mut(&client) else {
+        let Some(s) = self.sessions.get_mut(&client) else {
             return Err(format!("no client with id {client}"));
         };
-        self.cluster
-            .put(at, key.as_bytes(), value.as_bytes(), &mut c.session);
+        self.cluster.put(at, key.as_bytes(), value.as_bytes(), s);
         Ok(())
     }
 
     fn get(&mut self, client: NodeId, key: &str, out: &mut impl Write) -> Result<(), String> {
         let at = self.route(client)?;
-        let Some(c) = self.clients.get_mut(&client) else {
+        let Some(s) = self.sessions.get_mut(&client) else {
             return Err(format!("no client with id {client}"));
         };
-        let shown = match at {
-            None => "ERR_DEP".to_string(),
+        let outcome = match at {
+            None => ReadOutcome::Dep,
+            // The planted bug: the read goes without the session's dependency.
             Some(at) if self.mutation == Some(Mutation::SkipDependencyCheck) => {
-                // The planted bug: the read goes without the session's dependency.
-                match self.cluster.get(at, key.as_bytes(), &mut Session::new()) {
-                    ReadOutcome::Found { value, .. } => {
-                        String::from_utf8_lossy(&value).into_owned()
-                    }
-                    ReadOutcome::Missing { .. } => "ERR_KEY".into(),
-                    ReadOutcome::Dep => "ERR_DEP".into(),
-                }
+                self.cluster.get(at, key.as_bytes(), &mut Session::new())
             }
-            Some(at) => match self.cluster.get(at, key.as_bytes(), &mut c.session) {
-                ReadOutcome::Found { value, .. } => String::from_utf8_lossy(&value).into_owned(),
-                ReadOutcome::Missing { .. } => "ERR_KEY".into(),
-                ReadOutcome::Dep => "ERR_DEP".into(),
-            },
+            Some(at) => self.cluster.get(at, key.as_bytes(), s),
+        };
+        let shown = match outcome {
+            ReadOutcome::Found { value, .. } => String::from_utf8_lossy(&value).into_owned(),
+            ReadOutcome::Missing { .. } => "ERR_KEY".into(),
+            ReadOutcome::Dep => "ERR_DEP".into(),
         };
         let _ = writeln!(out, "{key}:{shown}");
         Ok(())

@@ -1,0 +1,320 @@
+//! The master's bookkeeping, with no I/O: which ids are servers (running or killed) and
+//! which are clients, which server↔server links are broken, each client's links, and
+//! the checks (with their one-line errors) of every command. The real master
+//! ([`crate::cluster`]) and the simulated one ([`crate::sim_master`]) both keep one,
+//! so the command semantics exist once; each carries out the changes in its own way.
+//!
+//! The rules (SPEC §2): server↔server links are "connected unless broken";
+//! `joinServer` links the server to every running server and clears the breaks that
+//! involved its id, while breaks between other servers stay. A client's links are an
+//! ordered list, most recent last; it sends to the most recent link to a running
+//! server. A link to a killed server stays and is used again once that id rejoins.
+
+use meshkv_core::NodeId;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// An unordered pair of ids.
+pub fn pair(a: NodeId, b: NodeId) -> (NodeId, NodeId) {
+    (a.min(b), a.max(b))
+}
+
+/// What a `createConnection` / `breakConnection` changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Connection {
+    /// The link between two servers (carried out only when both are running).
+    Servers {
+        /// One server.
+        a: NodeId,
+        /// The other.
+        b: NodeId,
+    },
+    /// A client's link to a server.
+    Client {
+        /// The client.
+        client: NodeId,
+        /// The server.
+        server: NodeId,
+    },
+}
+
+/// The master's view of the cluster (see the module docs).
+#[derive(Clone, Debug, Default)]
+pub struct Topology {
+    /// Server id → running.
+    servers: BTreeMap<NodeId, bool>,
+    /// Client id → its links, most recent last.
+    clients: BTreeMap<NodeId, Vec<NodeId>>,
+    broken: BTreeSet<(NodeId, NodeId)>,
+}
+
+impl Topology {
+    /// No servers, no clients.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Whether `id` was ever a server.
+    pub fn is_server(&self, id: NodeId) -> bool {
+        self.servers.contains_key(&id)
+    }
+
+    /// Whether `id` is a client.
+    pub fn is_client(&self, id: NodeId) -> bool {
+        self.clients.contains_key(&id)
+    }
+
+    /// Whether server `id` is running.
+    pub fn is_running(&self, id: NodeId) -> bool {
+        self.servers.get(&id).copied().unwrap_or(false)
+    }
+
+    /// Running servers, in id order.
+    pub fn live_servers(&self) -> Vec<NodeId> {
+        self.servers
+            .iter()
+            .filter(|(_, up)| **up)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// Killed servers, in id order (still members: their peers keep what they lack).
+    pub fn down_servers(&self) -> Vec<NodeId> {
+        self.servers
+            .iter()
+            .filter(|(_, up)| !**up)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// Whether the link between servers `a` and `b` is broken.
+    pub fn is_broken(&self, a: NodeId, b: NodeId) -> bool {
+        self.broken.contains(&pair(a, b))
+    }
+
+    /// `joinServer ID` may go ahead.
+    pub fn check_join_server(&self, id: NodeId) -> Result<(), String> {
+        if self.is_client(id) {
+            return Err(format!("joinServer {id}: id {id} is already a client"));
+        }
+        if self.is_running(id) {
+            return Err(format!("joinServer {id}: server {id} is already running"));
+        }
+        Ok(())
+    }
+
+    /// Server `id` now runs: its breaks are cleared. Returns the other running servers,
+    /// which it links to.
+    pub fn server_joined(&mut self, id: NodeId) -> Vec<NodeId> {
+        self.servers.insert(id, true);
+        self.broken.retain(|(a, b)| *a != id && *b != id);
+        self.live_servers()
+            .into_iter()
+            .filter(|s| *s != id)
+            .collect()
+    }
+
+    /// `killServer ID`: marks it killed; returns the clients that link to it.
+    pub fn kill_server(&mut self, id: NodeId) -> Result<Vec<NodeId>, String> {
+        match self.servers.get_mut(&id) {
+            None => Err(format!("killServer {id}: no server with id {id}")),
+            Some(false) => Err(format!("killServer {id}: server {id} is not running")),
+            Some(up) => {
+                *up = false;
+                Ok(self.clients_linked_to(id))
+            }
+        }
+    }
+
+    /// The clients with a link to server `id`.
+    pub fn clients_linked_to(&self, id: NodeId) -> Vec<NodeId> {
+        self.clients
+            .iter()
+            .filter(|(_, links)| links.contains(&id))
+            .map(|(c, _)| *c)
+            .collect()
+    }
+
+    /// `joinClient ID SID` may go ahead.
+    pub fn check_join_client(&self, id: NodeId, server: NodeId) -> Result<(), String> {
+        if self.is_server(id) {
+            return Err(format!("joinClient {id} {server}: id {id} is a server"));
+        }
+        if self.is_client(id) {
+            return Err(format!(
+                "joinClient {id} {server}: client {id} already exists"
+            ));
+        }
+        if !self.is_server(server) {
+            return Err(format!(
+                "joinClient {id} {server}: no server with id {server}"
+            ));
+        }
+        Ok(())
+    }
+
+    /// Client `id` now exists, linked to `server`.
+    pub fn client_joined(&mut self, id: NodeId, server: NodeId) {
+        self.clients.insert(id, vec![server]);
+    }
+
+    /// A client's links, most recent last.
+    pub fn links(&self, client: NodeId) -> &[NodeId] {
+        self.clients.get(&client).map_or(&[], |l| l.as_slice())
+    }
+
+    /// `createConnection` (`up`) or `breakConnection` between `a` and `b`: checks it,
+    /// records it, and says what changed.
+    pub fn set_connection(&mut self, a: NodeId, b: NodeId, up: bool) -> Result<Connection, String> {
+        let verb = if up {
+            "createConnection"
+        } else {
+            "breakConnection"
+        };
+        if a == b {
+            return Err(format!("{verb} {a} {b}: an id cannot link to itself"));
+        }
+        match (self.is_server(a), self.is_server(b)) {
+            (true, true) => {
+                if up {
+                    self.broken.remove(&pair(a, b));
+                } else {
+                    self.broken.insert(pair(a, b));
+                }
+                Ok(Connection::Servers { a, b })
+            }
+            (true, false) | (false, true) => {
+                let (server, client) = if self.is_server(a) { (a, b) } else { (b, a) };
+                let Some(links) = self.clients.get_mut(&client) else {
+                    return Err(format!(
+                        "{verb} {a} {b}: no client or server with id {client}"
+                    ));
+                };
+                links.retain(|x| *x != server);
+                if up {
+                    links.push(server);
+                }
+                Ok(Connection::Client { client, server })
+            }
+            (false, false) => {
+                let unknown = [a, b]
+                    .into_iter()
+                    .filter(|x| !self.is_client(*x))
+                    .map(|x| x.to_string())
+                    .collect::<Vec<_>>();
+                if unknown.is_empty() {
+                    Err(format!("{verb} {a} {b}: both are clients"))
+                } else {
+                    Err(format!("{verb} {a} {b}: unknown id {}", unknown.join(", ")))
+                }
+            }
+        }
+    }
+
+    /// `id` names a running server (for `printStore`).
+    pub fn check_running_server(&self, id: NodeId) -> Result<(), String> {
+        match self.servers.get(&id) {
+            Some(true) => Ok(()),
+            Some(false) => Err(format!("server {id} is not running (it was killed)")),
+            None if self.is_client(id) => Err(format!("{id} is a client, not a server")),
+            None => Err(format!("no server with id {id}")),
+        }
+    }
+
+    /// `id` names a client (for `put` and `get`).
+    pub fn check_client(&self, id: NodeId) -> Result<(), String> {
+        if self.is_server(id) {
+            return Err(format!("{id} is a server, not a client"));
+        }
+        if !self.is_client(id) {
+            return Err(format!("no client with id {id}"));
+        }
+        Ok(())
+    }
+
+    /// Connected components of running servers over unbroken links.
+    pub fn components(&self) -> Vec<Vec<NodeId>> {
+        let live = self.live_servers();
+        let mut seen = BTreeSet::new();
+        let mut out = Vec::new();
+        for &s in &live {
+            if !seen.insert(s) {
+                continue;
+            }
+            let mut comp = vec![s];
+            let mut i = 0;
+            while i < comp.len() {
+                let x = comp[i];
+                for &y in &live {
+                    if y != x && !self.is_broken(x, y) && seen.insert(y) {
+                        comp.push(y);
+                    }
+                }
+                i += 1;
+            }
+            out.push(comp);
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn joins_clear_breaks_and_components_follow_them() {
+        let mut t = Topology::new();
+        for id in 0..3 {
+            t.check_join_server(id).unwrap();
+            t.server_joined(id);
+        }
+        assert_eq!(t.components(), vec![vec![0, 1, 2]]);
+        t.set_connection(0, 1, false).unwrap();
+        t.set_connection(0, 2, false).unwrap();
+        assert_eq!(t.components(), vec![vec![0], vec![1, 2]]);
+        assert_eq!(t.kill_server(1), Ok(vec![]));
+        assert_eq!(t.components(), vec![vec![0], vec![2]]);
+        assert!(t.kill_server(1).unwrap_err().contains("not running"));
+        // Rejoining clears the breaks that involved it, not the others.
+        assert_eq!(t.server_joined(0), vec![2]);
+        assert_eq!(t.components(), vec![vec![0, 2]]);
+        assert!(t
+            .check_join_server(0)
+            .unwrap_err()
+            .contains("already running"));
+    }
+
+    #[test]
+    fn client_links_are_ordered_and_checked() {
+        let mut t = Topology::new();
+        t.server_joined(0);
+        t.server_joined(1);
+        t.check_join_client(5, 0).unwrap();
+        t.client_joined(5, 0);
+        assert_eq!(
+            t.set_connection(1, 5, true),
+            Ok(Connection::Client {
+                client: 5,
+                server: 1
+            })
+        );
+        t.set_connection(5, 0, true).unwrap();
+        assert_eq!(t.links(5), &[1, 0]);
+        assert_eq!(t.clients_linked_to(1), vec![5]);
+        t.set_connection(0, 5, false).unwrap();
+        assert_eq!(t.links(5), &[1]);
+        assert!(t
+            .set_connection(5, 6, true)
+            .unwrap_err()
+            .contains("unknown id 6"));
+        assert!(t
+            .check_join_client(0, 1)
+            .unwrap_err()
+            .contains("is a server"));
+        assert!(t.check_client(0).unwrap_err().contains("is a server"));
+        assert!(t
+            .check_running_server(5)
+            .unwrap_err()
+            .contains("is a client"));
+    }
+}
