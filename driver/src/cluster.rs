@@ -11,8 +11,9 @@
 //! all roots are equal. Roots cover keys, values, versions and causal contexts, so
 //! equal roots mean identical stores *and* identical answers to session checks.
 
+use crate::error::MasterError;
 use crate::script::Command;
-use crate::topology::{Connection, Topology};
+use crate::topology::{CommandError, Connection, Topology};
 use meshkv_core::control::{ControlIn, ControlOut, ControlReq, ControlResp, GetResult};
 use meshkv_core::NodeId;
 use meshkv_node::pki::{self, Identity};
@@ -39,7 +40,21 @@ struct Proc {
 }
 
 impl Proc {
-    async fn call(&mut self, req: ControlReq, timeout: Duration) -> Result<ControlResp, String> {
+    async fn call(
+        &mut self,
+        req: ControlReq,
+        timeout: Duration,
+    ) -> Result<ControlResp, MasterError> {
+        self.call_inner(req, timeout)
+            .await
+            .map_err(MasterError::Control)
+    }
+
+    async fn call_inner(
+        &mut self,
+        req: ControlReq,
+        timeout: Duration,
+    ) -> Result<ControlResp, String> {
         self.seq += 1;
         let seq = self.seq;
         let (tx, rx) = oneshot::channel();
@@ -156,7 +171,11 @@ impl Master {
         })
     }
 
-    async fn spawn(&mut self, who: Identity) -> Result<(Proc, Option<SocketAddr>), String> {
+    async fn spawn(&mut self, who: Identity) -> Result<(Proc, Option<SocketAddr>), MasterError> {
+        self.spawn_inner(who).await.map_err(MasterError::Start)
+    }
+
+    async fn spawn_inner(&mut self, who: Identity) -> Result<(Proc, Option<SocketAddr>), String> {
         pki::write_cluster_certs(&self.certs, &[who]).map_err(|e| e.to_string())?;
         let log_path = self.opts.run_dir.join("logs").join(format!("{who}.log"));
         let log = std::fs::OpenOptions::new()
@@ -253,7 +272,7 @@ impl Master {
     }
 
     /// Run one command. Output goes to `out`; errors are returned as one line.
-    pub async fn run(&mut self, cmd: Command, out: &mut impl Write) -> Result<(), String> {
+    pub async fn run(&mut self, cmd: Command, out: &mut impl Write) -> Result<(), MasterError> {
         match cmd {
             Command::JoinServer { id } => self.join_server(id).await,
             Command::KillServer { id } => self.kill_server(id).await,
@@ -276,7 +295,9 @@ impl Master {
                         let _ = out.flush();
                         Ok(())
                     }
-                    other => Err(format!("printStore {id}: unexpected answer {other:?}")),
+                    other => Err(MasterError::Control(format!(
+                        "printStore {id}: unexpected answer {other:?}"
+                    ))),
                 }
             }
             Command::Put { client, key, value } => {
@@ -292,8 +313,12 @@ impl Master {
                     .await?
                 {
                     ControlResp::Ok => Ok(()),
-                    ControlResp::Error(e) => Err(format!("put {client} {key}: {e}")),
-                    other => Err(format!("put {client} {key}: unexpected answer {other:?}")),
+                    ControlResp::Error(e) => {
+                        Err(MasterError::Request(format!("put {client} {key}: {e}")))
+                    }
+                    other => Err(MasterError::Control(format!(
+                        "put {client} {key}: unexpected answer {other:?}"
+                    ))),
                 }
             }
             Command::Get { client, key } => {
@@ -303,9 +328,13 @@ impl Master {
                     ControlResp::Got(GetResult::Value(v)) => v,
                     ControlResp::Got(GetResult::NotFound) => "ERR_KEY".into(),
                     ControlResp::Got(GetResult::Dep) => "ERR_DEP".into(),
-                    ControlResp::Error(e) => return Err(format!("get {client} {key}: {e}")),
+                    ControlResp::Error(e) => {
+                        return Err(MasterError::Request(format!("get {client} {key}: {e}")))
+                    }
                     other => {
-                        return Err(format!("get {client} {key}: unexpected answer {other:?}"))
+                        return Err(MasterError::Control(format!(
+                            "get {client} {key}: unexpected answer {other:?}"
+                        )))
                     }
                 };
                 let _ = writeln!(out, "{key}:{shown}");
@@ -315,25 +344,26 @@ impl Master {
         }
     }
 
-    fn server_proc(&mut self, id: NodeId) -> Result<&mut Proc, String> {
+    fn server_proc(&mut self, id: NodeId) -> Result<&mut Proc, MasterError> {
         self.topo.check_running_server(id)?;
         self.servers
             .get_mut(&id)
             .and_then(|s| s.proc.as_mut())
-            .ok_or_else(|| format!("server {id} is not running"))
+            .ok_or(MasterError::Command(CommandError::Killed { id }))
     }
 
-    fn client_proc(&mut self, id: NodeId) -> Result<&mut Proc, String> {
+    fn client_proc(&mut self, id: NodeId) -> Result<&mut Proc, MasterError> {
         self.topo.check_client(id)?;
         self.clients
             .get_mut(&id)
-            .ok_or_else(|| format!("no client with id {id}"))
+            .ok_or(MasterError::Command(CommandError::NoClient { id }))
     }
 
-    async fn join_server(&mut self, id: NodeId) -> Result<(), String> {
+    async fn join_server(&mut self, id: NodeId) -> Result<(), MasterError> {
         self.topo.check_join_server(id)?;
         let (proc, addr) = self.spawn(Identity::server(id)).await?;
-        let addr = addr.ok_or_else(|| format!("server {id} reported no address"))?;
+        let addr =
+            addr.ok_or_else(|| MasterError::Start(format!("server {id} reported no address")))?;
         self.servers.insert(
             id,
             ServerSlot {
@@ -430,7 +460,7 @@ impl Master {
         }
     }
 
-    async fn kill_server(&mut self, id: NodeId) -> Result<(), String> {
+    async fn kill_server(&mut self, id: NodeId) -> Result<(), MasterError> {
         let linked = self.topo.kill_server(id)?;
         let proc = self.servers.get_mut(&id).and_then(|s| {
             s.addr = None;
@@ -449,7 +479,7 @@ impl Master {
         Ok(())
     }
 
-    async fn join_client(&mut self, id: NodeId, server: NodeId) -> Result<(), String> {
+    async fn join_client(&mut self, id: NodeId, server: NodeId) -> Result<(), MasterError> {
         self.topo.check_join_client(id, server)?;
         let (proc, _) = self.spawn(Identity::client(id)).await?;
         self.clients.insert(id, proc);
@@ -458,10 +488,10 @@ impl Master {
     }
 
     /// Tell client `cid` about its (new or renewed) link to `sid`.
-    async fn send_link(&mut self, cid: NodeId, sid: NodeId) -> Result<(), String> {
+    async fn send_link(&mut self, cid: NodeId, sid: NodeId) -> Result<(), MasterError> {
         let addr = self.servers.get(&sid).and_then(|s| s.addr);
         let Some(c) = self.clients.get_mut(&cid) else {
-            return Err(format!("no client with id {cid}"));
+            return Err(CommandError::NoClient { id: cid }.into());
         };
         match addr {
             Some(a) => {
@@ -490,7 +520,7 @@ impl Master {
         Ok(())
     }
 
-    async fn set_connection(&mut self, a: NodeId, b: NodeId, up: bool) -> Result<(), String> {
+    async fn set_connection(&mut self, a: NodeId, b: NodeId, up: bool) -> Result<(), MasterError> {
         match self.topo.set_connection(a, b, up)? {
             Connection::Servers { a, b } if up => self.connect_servers(a, b).await,
             Connection::Servers { a, b } => {
@@ -507,7 +537,7 @@ impl Master {
             }
             Connection::Client { client, server } => {
                 let Some(c) = self.clients.get_mut(&client) else {
-                    return Err(format!("no client with id {client}"));
+                    return Err(CommandError::NoClient { id: client }.into());
                 };
                 c.call(ControlReq::Unlink { server }, CALL).await?;
             }
@@ -520,7 +550,7 @@ impl Master {
         self.topo.components()
     }
 
-    async fn stabilize(&mut self) -> Result<(), String> {
+    async fn stabilize(&mut self) -> Result<(), MasterError> {
         let start = Instant::now();
         let comps = self.components();
         loop {
@@ -552,8 +582,14 @@ impl Master {
                     Ok(ControlResp::Digest { root, .. }) => {
                         roots.insert(id, root);
                     }
-                    Ok(other) => return Err(format!("stabilize: server {id} answered {other:?}")),
-                    Err(e) => return Err(format!("stabilize: server {id}: {e}")),
+                    Ok(other) => {
+                        return Err(MasterError::Control(format!(
+                            "stabilize: server {id} answered {other:?}"
+                        )))
+                    }
+                    Err(e) => {
+                        return Err(MasterError::Control(format!("stabilize: server {id}: {e}")))
+                    }
                 }
             }
             let settled = comps.iter().all(|c| {
@@ -564,10 +600,10 @@ impl Master {
                 return Ok(());
             }
             if start.elapsed() > self.opts.stabilize_timeout {
-                return Err(format!(
+                return Err(MasterError::Stabilize(format!(
                     "stabilize: stores still differ after {:?}",
                     self.opts.stabilize_timeout
-                ));
+                )));
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
@@ -606,10 +642,12 @@ impl Master {
     }
 
     /// A live server's status (JSON text, see `meshkv_node::server::Status`).
-    pub async fn status(&mut self, id: NodeId) -> Result<String, String> {
+    pub async fn status(&mut self, id: NodeId) -> Result<String, MasterError> {
         match self.server_proc(id)?.call(ControlReq::Status, CALL).await? {
             ControlResp::Status(s) => Ok(s),
-            other => Err(format!("status {id}: unexpected answer {other:?}")),
+            other => Err(MasterError::Control(format!(
+                "status {id}: unexpected answer {other:?}"
+            ))),
         }
     }
 
@@ -617,18 +655,22 @@ impl Master {
     pub async fn digest(
         &mut self,
         id: NodeId,
-    ) -> Result<(u64, usize, meshkv_core::VersionVector), String> {
+    ) -> Result<(u64, usize, meshkv_core::VersionVector), MasterError> {
         match self.server_proc(id)?.call(ControlReq::Digest, CALL).await? {
             ControlResp::Digest { root, keys, seen } => Ok((root, keys, seen)),
-            other => Err(format!("digest {id}: unexpected answer {other:?}")),
+            other => Err(MasterError::Control(format!(
+                "digest {id}: unexpected answer {other:?}"
+            ))),
         }
     }
 
     /// A live server's live pairs.
-    pub async fn dump(&mut self, id: NodeId) -> Result<Vec<(Vec<u8>, Vec<u8>)>, String> {
+    pub async fn dump(&mut self, id: NodeId) -> Result<Vec<(Vec<u8>, Vec<u8>)>, MasterError> {
         match self.server_proc(id)?.call(ControlReq::Dump, CALL).await? {
             ControlResp::Dump { pairs } => Ok(pairs),
-            other => Err(format!("dump {id}: unexpected answer {other:?}")),
+            other => Err(MasterError::Control(format!(
+                "dump {id}: unexpected answer {other:?}"
+            ))),
         }
     }
 

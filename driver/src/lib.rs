@@ -6,6 +6,7 @@
 //! [`topology`] is the bookkeeping and the checks of the commands, which both keep.
 
 pub mod cluster;
+pub mod error;
 pub mod script;
 pub mod sim_master;
 pub mod topology;

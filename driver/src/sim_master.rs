@@ -22,8 +22,9 @@
 //!
 //! [`SyncRound`]: meshkv_core::sync::SyncRound
 
+use crate::error::MasterError;
 use crate::script::Command;
-use crate::topology::{Connection, Topology};
+use crate::topology::{CommandError, Connection, Topology};
 use meshkv_core::replica::ReadOutcome;
 use meshkv_core::sim::SimCluster;
 use meshkv_core::vopr::Mutation;
@@ -94,7 +95,7 @@ impl SimMaster {
     }
 
     /// Run one command. Output goes to `out`; errors are returned as one line.
-    pub fn run(&mut self, cmd: Command, out: &mut impl Write) -> Result<(), String> {
+    pub fn run(&mut self, cmd: Command, out: &mut impl Write) -> Result<(), MasterError> {
         let r = match cmd {
             Command::JoinServer { id } => self.join_server(id),
             Command::KillServer { id } => self.kill_server(id),
@@ -112,7 +113,7 @@ impl SimMaster {
         r
     }
 
-    fn join_server(&mut self, id: NodeId) -> Result<(), String> {
+    fn join_server(&mut self, id: NodeId) -> Result<(), MasterError> {
         self.topo.check_join_server(id)?;
         let rid = self.rid();
         let others = self.topo.server_joined(id);
@@ -131,7 +132,7 @@ impl SimMaster {
         Ok(())
     }
 
-    fn kill_server(&mut self, id: NodeId) -> Result<(), String> {
+    fn kill_server(&mut self, id: NodeId) -> Result<(), MasterError> {
         self.topo.kill_server(id)?;
         let others: Vec<NodeId> = self.cluster.nodes.keys().copied().collect();
         for o in others {
@@ -143,14 +144,14 @@ impl SimMaster {
         Ok(())
     }
 
-    fn join_client(&mut self, id: NodeId, server: NodeId) -> Result<(), String> {
+    fn join_client(&mut self, id: NodeId, server: NodeId) -> Result<(), MasterError> {
         self.topo.check_join_client(id, server)?;
         self.topo.client_joined(id, server);
         self.sessions.insert(id, Session::new());
         Ok(())
     }
 
-    fn set_connection(&mut self, a: NodeId, b: NodeId, up: bool) -> Result<(), String> {
+    fn set_connection(&mut self, a: NodeId, b: NodeId, up: bool) -> Result<(), MasterError> {
         if let Connection::Servers { a, b } = self.topo.set_connection(a, b, up)? {
             if self.topo.is_running(a) && self.topo.is_running(b) {
                 self.cluster.set_link(a, b, up);
@@ -159,7 +160,7 @@ impl SimMaster {
         Ok(())
     }
 
-    fn stabilize(&mut self) -> Result<(), String> {
+    fn stabilize(&mut self) -> Result<(), MasterError> {
         let comps = self.topo.components();
         for _ in 0..STABILIZE_ROUNDS {
             let settled = comps.iter().all(|c| {
@@ -180,12 +181,12 @@ impl SimMaster {
                 }
             }
         }
-        Err(format!(
+        Err(MasterError::Stabilize(format!(
             "stabilize: stores still differ after {STABILIZE_ROUNDS} rounds"
-        ))
+        )))
     }
 
-    fn print_store(&mut self, id: NodeId, out: &mut impl Write) -> Result<(), String> {
+    fn print_store(&mut self, id: NodeId, out: &mut impl Write) -> Result<(), MasterError> {
         self.topo.check_running_server(id)?;
         for (k, v) in self.cluster.nodes[&id].dump() {
             let _ = writeln!(
@@ -199,7 +200,7 @@ impl SimMaster {
     }
 
     /// The server a client's request goes to: its newest link to a running server.
-    fn route(&self, client: NodeId) -> Result<Option<NodeId>, String> {
+    fn route(&self, client: NodeId) -> Result<Option<NodeId>, MasterError> {
         self.topo.check_client(client)?;
         Ok(self
             .topo
@@ -210,21 +211,23 @@ impl SimMaster {
             .find(|s| self.topo.is_running(*s)))
     }
 
-    fn put(&mut self, client: NodeId, key: &str, value: &str) -> Result<(), String> {
+    fn put(&mut self, client: NodeId, key: &str, value: &str) -> Result<(), MasterError> {
         let Some(at) = self.route(client)? else {
-            return Err(format!("put {client} {key}: no reachable server"));
+            return Err(MasterError::Request(format!(
+                "put {client} {key}: no reachable server"
+            )));
         };
         let Some(s) = self.sessions.get_mut(&client) else {
-            return Err(format!("no client with id {client}"));
+            return Err(CommandError::NoClient { id: client }.into());
         };
         self.cluster.put(at, key.as_bytes(), value.as_bytes(), s);
         Ok(())
     }
 
-    fn get(&mut self, client: NodeId, key: &str, out: &mut impl Write) -> Result<(), String> {
+    fn get(&mut self, client: NodeId, key: &str, out: &mut impl Write) -> Result<(), MasterError> {
         let at = self.route(client)?;
         let Some(s) = self.sessions.get_mut(&client) else {
-            return Err(format!("no client with id {client}"));
+            return Err(CommandError::NoClient { id: client }.into());
         };
         let outcome = match at {
             None => ReadOutcome::Dep,

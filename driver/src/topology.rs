@@ -18,6 +18,134 @@ pub fn pair(a: NodeId, b: NodeId) -> (NodeId, NodeId) {
     (a.min(b), a.max(b))
 }
 
+/// Why a command does not fit the cluster. The `Display` is the one line the master
+/// prints on stderr.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CommandError {
+    /// `joinServer` of an id that is a client.
+    #[error("joinServer {id}: id {id} is already a client")]
+    JoinServerIsClient {
+        /// The id.
+        id: NodeId,
+    },
+    /// `joinServer` of a server that runs.
+    #[error("joinServer {id}: server {id} is already running")]
+    AlreadyRunning {
+        /// The id.
+        id: NodeId,
+    },
+    /// `killServer` of an id that was never a server.
+    #[error("killServer {id}: no server with id {id}")]
+    KillUnknown {
+        /// The id.
+        id: NodeId,
+    },
+    /// `killServer` of a server that is already down.
+    #[error("killServer {id}: server {id} is not running")]
+    KillNotRunning {
+        /// The id.
+        id: NodeId,
+    },
+    /// `joinClient` of an id that is a server.
+    #[error("joinClient {id} {server}: id {id} is a server")]
+    JoinClientIsServer {
+        /// The client id asked for.
+        id: NodeId,
+        /// The server asked for.
+        server: NodeId,
+    },
+    /// `joinClient` of a client that exists.
+    #[error("joinClient {id} {server}: client {id} already exists")]
+    ClientExists {
+        /// The client id.
+        id: NodeId,
+        /// The server asked for.
+        server: NodeId,
+    },
+    /// `joinClient` naming a server that does not exist.
+    #[error("joinClient {id} {server}: no server with id {server}")]
+    JoinClientNoServer {
+        /// The client id.
+        id: NodeId,
+        /// The server asked for.
+        server: NodeId,
+    },
+    /// A connection from an id to itself.
+    #[error("{verb} {a} {b}: an id cannot link to itself")]
+    SelfLink {
+        /// `createConnection` or `breakConnection`.
+        verb: &'static str,
+        /// First id.
+        a: NodeId,
+        /// Second id.
+        b: NodeId,
+    },
+    /// A connection between a server and an id that is neither server nor client.
+    #[error("{verb} {a} {b}: no client or server with id {missing}")]
+    NoSuchId {
+        /// `createConnection` or `breakConnection`.
+        verb: &'static str,
+        /// First id.
+        a: NodeId,
+        /// Second id.
+        b: NodeId,
+        /// The unknown one.
+        missing: NodeId,
+    },
+    /// A connection between two clients.
+    #[error("{verb} {a} {b}: both are clients")]
+    BothClients {
+        /// `createConnection` or `breakConnection`.
+        verb: &'static str,
+        /// First id.
+        a: NodeId,
+        /// Second id.
+        b: NodeId,
+    },
+    /// A connection naming ids that are neither servers nor clients.
+    #[error("{verb} {a} {b}: unknown id {unknown}")]
+    UnknownIds {
+        /// `createConnection` or `breakConnection`.
+        verb: &'static str,
+        /// First id.
+        a: NodeId,
+        /// Second id.
+        b: NodeId,
+        /// The unknown ids, comma-separated.
+        unknown: String,
+    },
+    /// A server command for a server that was killed.
+    #[error("server {id} is not running (it was killed)")]
+    Killed {
+        /// The id.
+        id: NodeId,
+    },
+    /// A server command for a client.
+    #[error("{id} is a client, not a server")]
+    NotAServer {
+        /// The id.
+        id: NodeId,
+    },
+    /// A server command for an unknown id.
+    #[error("no server with id {id}")]
+    NoServer {
+        /// The id.
+        id: NodeId,
+    },
+    /// A client command for a server.
+    #[error("{id} is a server, not a client")]
+    NotAClient {
+        /// The id.
+        id: NodeId,
+    },
+    /// A client command for an unknown id.
+    #[error("no client with id {id}")]
+    NoClient {
+        /// The id.
+        id: NodeId,
+    },
+}
+
 /// What a `createConnection` / `breakConnection` changed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Connection {
@@ -92,12 +220,12 @@ impl Topology {
     }
 
     /// `joinServer ID` may go ahead.
-    pub fn check_join_server(&self, id: NodeId) -> Result<(), String> {
+    pub fn check_join_server(&self, id: NodeId) -> Result<(), CommandError> {
         if self.is_client(id) {
-            return Err(format!("joinServer {id}: id {id} is already a client"));
+            return Err(CommandError::JoinServerIsClient { id });
         }
         if self.is_running(id) {
-            return Err(format!("joinServer {id}: server {id} is already running"));
+            return Err(CommandError::AlreadyRunning { id });
         }
         Ok(())
     }
@@ -114,10 +242,10 @@ impl Topology {
     }
 
     /// `killServer ID`: marks it killed; returns the clients that link to it.
-    pub fn kill_server(&mut self, id: NodeId) -> Result<Vec<NodeId>, String> {
+    pub fn kill_server(&mut self, id: NodeId) -> Result<Vec<NodeId>, CommandError> {
         match self.servers.get_mut(&id) {
-            None => Err(format!("killServer {id}: no server with id {id}")),
-            Some(false) => Err(format!("killServer {id}: server {id} is not running")),
+            None => Err(CommandError::KillUnknown { id }),
+            Some(false) => Err(CommandError::KillNotRunning { id }),
             Some(up) => {
                 *up = false;
                 Ok(self.clients_linked_to(id))
@@ -135,19 +263,15 @@ impl Topology {
     }
 
     /// `joinClient ID SID` may go ahead.
-    pub fn check_join_client(&self, id: NodeId, server: NodeId) -> Result<(), String> {
+    pub fn check_join_client(&self, id: NodeId, server: NodeId) -> Result<(), CommandError> {
         if self.is_server(id) {
-            return Err(format!("joinClient {id} {server}: id {id} is a server"));
+            return Err(CommandError::JoinClientIsServer { id, server });
         }
         if self.is_client(id) {
-            return Err(format!(
-                "joinClient {id} {server}: client {id} already exists"
-            ));
+            return Err(CommandError::ClientExists { id, server });
         }
         if !self.is_server(server) {
-            return Err(format!(
-                "joinClient {id} {server}: no server with id {server}"
-            ));
+            return Err(CommandError::JoinClientNoServer { id, server });
         }
         Ok(())
     }
@@ -164,14 +288,19 @@ impl Topology {
 
     /// `createConnection` (`up`) or `breakConnection` between `a` and `b`: checks it,
     /// records it, and says what changed.
-    pub fn set_connection(&mut self, a: NodeId, b: NodeId, up: bool) -> Result<Connection, String> {
+    pub fn set_connection(
+        &mut self,
+        a: NodeId,
+        b: NodeId,
+        up: bool,
+    ) -> Result<Connection, CommandError> {
         let verb = if up {
             "createConnection"
         } else {
             "breakConnection"
         };
         if a == b {
-            return Err(format!("{verb} {a} {b}: an id cannot link to itself"));
+            return Err(CommandError::SelfLink { verb, a, b });
         }
         match (self.is_server(a), self.is_server(b)) {
             (true, true) => {
@@ -185,9 +314,12 @@ impl Topology {
             (true, false) | (false, true) => {
                 let (server, client) = if self.is_server(a) { (a, b) } else { (b, a) };
                 let Some(links) = self.clients.get_mut(&client) else {
-                    return Err(format!(
-                        "{verb} {a} {b}: no client or server with id {client}"
-                    ));
+                    return Err(CommandError::NoSuchId {
+                        verb,
+                        a,
+                        b,
+                        missing: client,
+                    });
                 };
                 links.retain(|x| *x != server);
                 if up {
@@ -202,31 +334,36 @@ impl Topology {
                     .map(|x| x.to_string())
                     .collect::<Vec<_>>();
                 if unknown.is_empty() {
-                    Err(format!("{verb} {a} {b}: both are clients"))
+                    Err(CommandError::BothClients { verb, a, b })
                 } else {
-                    Err(format!("{verb} {a} {b}: unknown id {}", unknown.join(", ")))
+                    Err(CommandError::UnknownIds {
+                        verb,
+                        a,
+                        b,
+                        unknown: unknown.join(", "),
+                    })
                 }
             }
         }
     }
 
     /// `id` names a running server (for `printStore`).
-    pub fn check_running_server(&self, id: NodeId) -> Result<(), String> {
+    pub fn check_running_server(&self, id: NodeId) -> Result<(), CommandError> {
         match self.servers.get(&id) {
             Some(true) => Ok(()),
-            Some(false) => Err(format!("server {id} is not running (it was killed)")),
-            None if self.is_client(id) => Err(format!("{id} is a client, not a server")),
-            None => Err(format!("no server with id {id}")),
+            Some(false) => Err(CommandError::Killed { id }),
+            None if self.is_client(id) => Err(CommandError::NotAServer { id }),
+            None => Err(CommandError::NoServer { id }),
         }
     }
 
     /// `id` names a client (for `put` and `get`).
-    pub fn check_client(&self, id: NodeId) -> Result<(), String> {
+    pub fn check_client(&self, id: NodeId) -> Result<(), CommandError> {
         if self.is_server(id) {
-            return Err(format!("{id} is a server, not a client"));
+            return Err(CommandError::NotAClient { id });
         }
         if !self.is_client(id) {
-            return Err(format!("no client with id {id}"));
+            return Err(CommandError::NoClient { id });
         }
         Ok(())
     }
@@ -274,13 +411,18 @@ mod tests {
         assert_eq!(t.components(), vec![vec![0], vec![1, 2]]);
         assert_eq!(t.kill_server(1), Ok(vec![]));
         assert_eq!(t.components(), vec![vec![0], vec![2]]);
-        assert!(t.kill_server(1).unwrap_err().contains("not running"));
+        assert!(t
+            .kill_server(1)
+            .unwrap_err()
+            .to_string()
+            .contains("not running"));
         // Rejoining clears the breaks that involved it, not the others.
         assert_eq!(t.server_joined(0), vec![2]);
         assert_eq!(t.components(), vec![vec![0, 2]]);
         assert!(t
             .check_join_server(0)
             .unwrap_err()
+            .to_string()
             .contains("already running"));
     }
 
@@ -306,15 +448,22 @@ mod tests {
         assert!(t
             .set_connection(5, 6, true)
             .unwrap_err()
+            .to_string()
             .contains("unknown id 6"));
         assert!(t
             .check_join_client(0, 1)
             .unwrap_err()
+            .to_string()
             .contains("is a server"));
-        assert!(t.check_client(0).unwrap_err().contains("is a server"));
+        assert!(t
+            .check_client(0)
+            .unwrap_err()
+            .to_string()
+            .contains("is a server"));
         assert!(t
             .check_running_server(5)
             .unwrap_err()
+            .to_string()
             .contains("is a client"));
     }
 }
