@@ -12,6 +12,7 @@
 //! * [`vopr`]: seeded fault schedules over it (crash, wipe, rollback, skew, loss,
 //!   duplication, reordering, partitions), checked for the store's promises.
 
+pub mod commit;
 pub mod control;
 pub mod digest;
 pub mod entry;

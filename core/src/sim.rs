@@ -4,8 +4,10 @@
 //! delivered when the test says so; a broken link drops what was queued on it (like a
 //! closed connection). Anti-entropy and the tree walk run the same [`SyncRound`] and
 //! [`answer`] the real servers run. Persisting is a no-op here: every staged batch is
-//! committed at once, which is what the real commit loop does after its fsync.
+//! committed at once, which is what the real commit loop does after its fsync. Every
+//! write goes through a [`Committer`], the server's write path.
 
+use crate::commit::{Committer, Output as CommitOutput};
 use crate::proto::PeerMsg;
 use crate::replica::{Op, Outcome, ReadOutcome, Replica};
 use crate::session::Session;
@@ -27,6 +29,8 @@ pub struct SimCluster {
     pub synced_items: usize,
     /// The message trace, when asked for ([`SimCluster::set_trace`]).
     trace: Option<Vec<String>>,
+    /// Each node's write path.
+    committers: BTreeMap<NodeId, Committer>,
 }
 
 fn msg_name(m: &PeerMsg) -> String {
@@ -79,6 +83,7 @@ impl SimCluster {
             skew: BTreeMap::new(),
             synced_items: 0,
             trace: None,
+            committers: BTreeMap::new(),
         };
         for &a in ids {
             for &b in ids {
@@ -217,6 +222,7 @@ impl SimCluster {
             r.add_member(m);
         }
         self.queues.retain(|(a, b), _| *a != id && *b != id);
+        self.committers.remove(&id);
         self.nodes.insert(id, r);
         self.note(|| format!("node {id} restarted as incarnation {rid:x}"));
         for &o in &ids {
@@ -264,33 +270,49 @@ impl SimCluster {
         false
     }
 
+    /// Commit `ops` at node `at` as one job through its [`Committer`] (the server's
+    /// write path); returns their outcomes.
     fn run(&mut self, at: NodeId, ops: Vec<Op>) -> Vec<Outcome> {
+        self.committers.entry(at).or_default().submit(Some(0), ops);
+        self.drive(at)
+    }
+
+    /// Carry out what node `at`'s write path asks for until it is idle. The simulated
+    /// disk is durable at once (a crash keeps every acknowledged write; the `vopr`
+    /// mutation `ack-before-fsync` breaks exactly that). Returns the last reply.
+    fn drive(&mut self, at: NodeId) -> Vec<Outcome> {
         self.wall += 1;
         let wall = self.wall_of(at);
-        let Some(r) = self.nodes.get_mut(&at) else {
+        let (Some(r), Some(c)) = (self.nodes.get_mut(&at), self.committers.get_mut(&at)) else {
             return Vec::new();
         };
-        let mut st = r.stage(ops, wall);
-        let outcomes = std::mem::take(&mut st.outcomes);
-        let root = st.root;
-        let relays = r.commit(st);
-        // What the storage records for its damage check must be the committed state.
-        assert_eq!(
-            r.root(),
-            root,
-            "Staged::root disagrees with the committed digest"
-        );
-        for rel in relays {
-            for t in rel.targets {
+        let mut outcomes = Vec::new();
+        let mut pushes = Vec::new();
+        while let Some(out) = c.poll(r, wall) {
+            match out {
+                CommitOutput::Persist(batch) => {
+                    let root = batch.root;
+                    c.persisted(r, batch);
+                    // What the storage records for its damage check must be the
+                    // committed state.
+                    assert_eq!(
+                        r.root(),
+                        root,
+                        "Staged::root disagrees with the committed digest"
+                    );
+                }
+                CommitOutput::Reply { outcomes: o, .. } => outcomes = o,
+                CommitOutput::Push { targets, msg } => pushes.push((targets, msg)),
+                CommitOutput::Members(_) => {}
+            }
+        }
+        for (targets, msg) in pushes {
+            for t in targets {
                 if self.up.contains(&pair(at, t)) {
                     self.queues
                         .entry((at, t))
                         .or_default()
-                        .push_back(PeerMsg::Push {
-                            key: rel.key.clone(),
-                            entry: rel.entry.clone(),
-                            dots: rel.dots.clone(),
-                        });
+                        .push_back(msg.clone());
                 }
             }
         }
@@ -375,28 +397,12 @@ impl SimCluster {
             return false;
         };
         self.note(|| format!("deliver {from}->{to} {}", msg_name(&msg)));
-        match msg {
-            PeerMsg::Push { key, entry, dots } => {
-                self.run(
-                    to,
-                    vec![Op::Apply {
-                        key,
-                        entry,
-                        dots,
-                        from: Some(from),
-                    }],
-                );
-            }
-            PeerMsg::Links(l) => {
-                if let Some(r) = self.nodes.get_mut(&to) {
-                    r.set_peer_links(from, l.into_iter().collect());
-                }
-            }
-            PeerMsg::Hello { rid } => {
-                if let Some(r) = self.nodes.get_mut(&to) {
-                    r.set_peer_rid(from, rid);
-                }
-            }
+        if let Some(r) = self.nodes.get_mut(&to) {
+            self.committers
+                .entry(to)
+                .or_default()
+                .peer_message(r, from, msg);
+            self.drive(to);
         }
         true
     }

@@ -25,9 +25,11 @@
 //!   the disk of the one server that held it was wiped or rolled back before any other
 //!   server got it.
 //!
-//! What this runs is the replication rules of [`crate::replica`] with the step order of
-//! [`crate::sim`]; the server's own step order (sync rounds, readiness) is not yet in a
-//! shared node core (see the architecture issue).
+//! What this runs is the replication rules of [`crate::replica`] through the server's own
+//! write path ([`crate::commit::Committer`]) and anti-entropy round
+//! ([`crate::sync::SyncRound`]); when links, rounds, trims, crashes and deliveries happen
+//! is the schedule's choice (the server's dialing, readiness and timers are not yet in a
+//! shared node core: see the architecture issue).
 
 use crate::replica::{Limits, ReadOutcome, Replica};
 use crate::session::Session;

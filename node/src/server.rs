@@ -21,9 +21,10 @@ use crate::net::{self, NetTuning};
 use crate::pki::{self, Identity, Role, TlsMaterial};
 use crate::storage::{Storage, StorageError, StorageStats};
 use bytes::Bytes;
+use meshkv_core::commit::{Committer, Output as CommitOutput, Ticket, MAX_JOBS_PER_BATCH};
 use meshkv_core::proto::{self, ClientReq, ClientResp, PeerMsg, PeerReq, PeerResp};
 use meshkv_core::sync::{Event as SyncEvent, Step as SyncStep, SyncError, SyncRound};
-use meshkv_core::{Limits, NodeId, Op, Outcome, ReadOutcome, Relay, Replica, VersionVector};
+use meshkv_core::{Limits, NodeId, Op, Outcome, ReadOutcome, Replica, VersionVector};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
@@ -129,9 +130,15 @@ enum RoundError {
     Commit(#[from] ServerError),
 }
 
-struct CommitJob {
-    ops: Vec<Op>,
-    reply: Option<oneshot::Sender<Result<Vec<Outcome>, ServerError>>>,
+/// What the commit thread is handed.
+enum CommitJob {
+    /// Ops to commit together; the reply gets their outcomes once they are durable.
+    Ops {
+        ops: Vec<Op>,
+        reply: Option<oneshot::Sender<Result<Vec<Outcome>, ServerError>>>,
+    },
+    /// A message from a peer's push stream (kept in order with that peer's pushes).
+    Peer { from: NodeId, msg: PeerMsg },
 }
 
 /// Per-peer counters, shown in status.
@@ -584,7 +591,7 @@ impl Server {
         // Wake the commit thread (it exits on seeing `stopping`).
         let _ = tokio::time::timeout(
             Duration::from_secs(5),
-            sh.commit_tx.send(CommitJob {
+            sh.commit_tx.send(CommitJob::Ops {
                 ops: Vec::new(),
                 reply: None,
             }),
@@ -738,15 +745,22 @@ fn vv_map(v: &VersionVector) -> BTreeMap<NodeId, u64> {
     v.iter().collect()
 }
 
+/// The commit thread: a driver of the core's write path ([`Committer`]). It gathers
+/// the queued jobs, stages them as one batch, makes the batch durable (the fsync), and
+/// carries out what the committer then says: member changes, replies, pushes.
 fn commit_loop(sh: Arc<Shared>, mut storage: Storage, mut rx: mpsc::Receiver<CommitJob>) {
+    type Reply = oneshot::Sender<Result<Vec<Outcome>, ServerError>>;
     let mut n = 0u64;
     let mut ahead_logged = 0u64;
+    let mut committer = Committer::new();
+    let mut waiting: HashMap<Ticket, Reply> = HashMap::new();
+    let mut next_ticket: Ticket = 0;
     while let Some(first) = rx.blocking_recv() {
         if sh.stopping.load(Relaxed) {
             break;
         }
         let mut jobs = vec![first];
-        while jobs.len() < 8192 {
+        while jobs.len() < MAX_JOBS_PER_BATCH {
             match rx.try_recv() {
                 Ok(j) => jobs.push(j),
                 Err(_) => break,
@@ -755,69 +769,70 @@ fn commit_loop(sh: Arc<Shared>, mut storage: Storage, mut rx: mpsc::Receiver<Com
         // Below the free-space reserve nothing is staged: writers get ERR_DISK_FULL,
         // pushes are dropped (anti-entropy brings them back once space returns), and
         // reads go on. Checked before every batch, so the server recovers by itself.
-        if let Some(why) = sh.disk_full() {
-            for job in jobs {
-                if let Some(r) = job.reply {
-                    let _ = r.send(Err(ServerError::DiskFull(why.clone())));
+        let full = sh.disk_full();
+        for job in jobs {
+            match (job, &full) {
+                (CommitJob::Ops { reply, .. }, Some(why)) => {
+                    if let Some(r) = reply {
+                        let _ = r.send(Err(ServerError::DiskFull(why.clone())));
+                    }
+                }
+                (CommitJob::Ops { ops, reply }, None) => {
+                    let ticket = reply.map(|r| {
+                        next_ticket += 1;
+                        waiting.insert(next_ticket, r);
+                        next_ticket
+                    });
+                    committer.submit(ticket, ops);
+                }
+                (
+                    CommitJob::Peer {
+                        msg: PeerMsg::Push { .. },
+                        ..
+                    },
+                    Some(_),
+                ) => {}
+                (CommitJob::Peer { from, msg }, _) => {
+                    committer.peer_message(&mut lock(&sh.replica), from, msg)
                 }
             }
-            continue;
         }
-        let mut counts = Vec::with_capacity(jobs.len());
-        let mut ops = Vec::new();
-        for j in &mut jobs {
-            counts.push(j.ops.len());
-            ops.append(&mut j.ops);
-        }
-        let (mut st, skew) = {
-            let mut r = lock(&sh.replica);
-            let st = r.stage(ops, crate::clock::wall_micros());
-            (st, r.clock_skew())
-        };
-        // One line per burst of far-ahead timestamps (powers of two), not per write.
-        if skew.ahead > ahead_logged && skew.ahead >= ahead_logged.saturating_mul(2) {
-            tracing::warn!(
-                "server {}: {} timestamp(s) from peers or clients were more than {} ms ahead of this clock (max lead {} ms) and did not move it: is a clock fast?",
-                sh.id,
-                skew.ahead,
-                sh.opts.limits.max_clock_offset / 1000,
-                skew.max_ahead_micros / 1000
-            );
-            ahead_logged = skew.ahead;
-        }
-        // Persist is a no-op for a batch that changes nothing.
-        if let Err(e) = storage.persist(&st) {
-            tracing::error!("cannot make a batch durable, stopping: {e}");
-            eprintln!("meshkv server {}: fatal storage error: {e}", sh.id);
-            std::process::exit(70);
-        }
-        *lock(&sh.storage_stats) = storage.stats();
-        let outcomes = std::mem::take(&mut st.outcomes);
-        let members: Vec<(NodeId, Option<String>)> = st
-            .writes
-            .iter()
-            .filter_map(|(k, e)| {
-                let id = meshkv_core::replica::member_of(k)?;
-                let addr = e
-                    .value
-                    .as_ref()
-                    .map(|v| String::from_utf8_lossy(v).into_owned());
-                Some((id, addr))
-            })
-            .collect();
-        let relays = lock(&sh.replica).commit(st);
-        if !members.is_empty() {
-            sh.apply_members(members);
-        }
-        let mut it = outcomes.into_iter();
-        for (job, c) in jobs.into_iter().zip(counts) {
-            let mine: Vec<Outcome> = it.by_ref().take(c).collect();
-            if let Some(r) = job.reply {
-                let _ = r.send(Ok(mine));
+        loop {
+            let out = committer.poll(&mut lock(&sh.replica), crate::clock::wall_micros());
+            match out {
+                None => break,
+                Some(CommitOutput::Persist(batch)) => {
+                    let skew = lock(&sh.replica).clock_skew();
+                    // One line per burst of far-ahead timestamps (powers of two).
+                    if skew.ahead > ahead_logged && skew.ahead >= ahead_logged.saturating_mul(2) {
+                        tracing::warn!(
+                            "server {}: {} timestamp(s) from peers or clients were more than {} ms ahead of this clock (max lead {} ms) and did not move it: is a clock fast?",
+                            sh.id,
+                            skew.ahead,
+                            sh.opts.limits.max_clock_offset / 1000,
+                            skew.max_ahead_micros / 1000
+                        );
+                        ahead_logged = skew.ahead;
+                    }
+                    // Persist is a no-op for a batch that changes nothing.
+                    if let Err(e) = storage.persist(&batch) {
+                        tracing::error!("cannot make a batch durable, stopping: {e}");
+                        eprintln!("meshkv server {}: fatal storage error: {e}", sh.id);
+                        std::process::exit(70);
+                    }
+                    *lock(&sh.storage_stats) = storage.stats();
+                    committer.persisted(&mut lock(&sh.replica), batch);
+                    n += 1;
+                }
+                Some(CommitOutput::Members(records)) => sh.apply_members(records),
+                Some(CommitOutput::Reply { ticket, outcomes }) => {
+                    if let Some(r) = waiting.remove(&ticket) {
+                        let _ = r.send(Ok(outcomes));
+                    }
+                }
+                Some(CommitOutput::Push { targets, msg }) => sh.push_to(&targets, &msg),
             }
         }
-        sh.dispatch(relays);
-        n += 1;
         sh.commits.send_replace(n);
     }
 }
@@ -866,7 +881,7 @@ impl Shared {
     async fn commit(&self, ops: Vec<Op>) -> Result<Vec<Outcome>, ServerError> {
         let (tx, rx) = oneshot::channel();
         self.commit_tx
-            .send(CommitJob {
+            .send(CommitJob::Ops {
                 ops,
                 reply: Some(tx),
             })
@@ -943,31 +958,23 @@ impl Shared {
         full
     }
 
-    async fn commit_nowait(&self, ops: Vec<Op>) -> Result<(), ServerError> {
+    /// Hand a peer's message to the commit thread (the core's write path).
+    async fn peer_message(&self, from: NodeId, msg: PeerMsg) -> Result<(), ServerError> {
         self.commit_tx
-            .send(CommitJob { ops, reply: None })
+            .send(CommitJob::Peer { from, msg })
             .await
             .map_err(|_| ServerError::Stopped)
     }
 
-    fn dispatch(&self, relays: Vec<Relay>) {
-        if relays.is_empty() {
-            return;
-        }
+    /// Queue `msg` (a push) on the push stream of each of `targets` that is connected;
+    /// encoded once.
+    fn push_to(&self, targets: &[NodeId], msg: &PeerMsg) {
+        let frame = Bytes::from(proto::encode(msg));
         let peers = lock(&self.peers);
-        for r in relays {
-            let frame = Bytes::from(proto::encode(&PeerMsg::Push {
-                key: r.key,
-                entry: r.entry,
-                dots: r.dots,
-            }));
-            for t in r.targets {
-                if let Some(p) = peers.get(&t) {
-                    if let Some(tx) = &p.tx {
-                        if tx.send(frame.clone()).is_ok() {
-                            p.stats.pushes_sent.fetch_add(1, Relaxed);
-                        }
-                    }
+        for p in targets.iter().filter_map(|t| peers.get(t)) {
+            if let Some(tx) = &p.tx {
+                if tx.send(frame.clone()).is_ok() {
+                    p.stats.pushes_sent.fetch_add(1, Relaxed);
                 }
             }
         }
@@ -1300,25 +1307,11 @@ impl Shared {
                 match frame::read_frame::<PeerMsg>(&mut recv).await {
                     Ok(Some((msg, n))) => {
                         st.bytes_received.fetch_add(n as u64, Relaxed);
-                        match msg {
-                            PeerMsg::Push { key, entry, dots } => {
-                                st.pushes_received.fetch_add(1, Relaxed);
-                                let op = Op::Apply {
-                                    key,
-                                    entry,
-                                    dots,
-                                    from: Some(id),
-                                };
-                                if self.commit_nowait(vec![op]).await.is_err() {
-                                    return;
-                                }
-                            }
-                            PeerMsg::Links(l) => {
-                                lock(&self.replica).set_peer_links(id, l.into_iter().collect());
-                            }
-                            PeerMsg::Hello { rid } => {
-                                lock(&self.replica).set_peer_rid(id, rid);
-                            }
+                        if matches!(msg, PeerMsg::Push { .. }) {
+                            st.pushes_received.fetch_add(1, Relaxed);
+                        }
+                        if self.peer_message(id, msg).await.is_err() {
+                            return;
                         }
                     }
                     Ok(None) => break,
