@@ -31,7 +31,7 @@
 //!   is done), the replies, in submission order, and the relays.
 
 use crate::proto::PeerMsg;
-use crate::replica::{member_of, Op, Outcome, Replica, Staged};
+use crate::replica::{member_record, Op, Outcome, Replica, Staged};
 use crate::version::NodeId;
 use std::collections::VecDeque;
 
@@ -160,14 +160,7 @@ impl Committer {
         let members: Vec<(NodeId, Option<String>)> = batch
             .writes
             .iter()
-            .filter_map(|(k, e)| {
-                let id = member_of(k)?;
-                let addr = e
-                    .value
-                    .as_ref()
-                    .map(|v| String::from_utf8_lossy(v).into_owned());
-                Some((id, addr))
-            })
+            .filter_map(|(k, e)| member_record(k, e))
             .collect();
         let relays = r.commit(batch);
         if !members.is_empty() {

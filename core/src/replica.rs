@@ -83,6 +83,17 @@ pub fn member_of(key: &[u8]) -> Option<NodeId> {
         .ok()
 }
 
+/// The member record an entry of a member key holds: `(id, Some(address))` for a
+/// member, `(id, None)` for a removed server; `None` for any other key.
+pub fn member_record(key: &[u8], entry: &Entry) -> Option<(NodeId, Option<String>)> {
+    let id = member_of(key)?;
+    let addr = entry
+        .value
+        .as_ref()
+        .map(|v| String::from_utf8_lossy(v).into_owned());
+    Some((id, addr))
+}
+
 /// Whether `key` is reserved (not for clients).
 pub fn is_reserved(key: &[u8]) -> bool {
     key.starts_with(b"\0meshkv/")
@@ -939,14 +950,7 @@ impl Replica {
         self.store
             .range(start..)
             .take_while(|(k, _)| k.starts_with(MEMBER_PREFIX))
-            .filter_map(|(k, e)| {
-                let id = member_of(k)?;
-                let addr = e
-                    .value
-                    .as_ref()
-                    .map(|v| String::from_utf8_lossy(v).into_owned());
-                Some((id, addr))
-            })
+            .filter_map(|(k, e)| member_record(k, e))
             .collect()
     }
 
