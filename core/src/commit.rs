@@ -119,16 +119,6 @@ impl Committer {
         }
     }
 
-    /// Whether a batch is out for persisting.
-    pub fn is_persisting(&self) -> bool {
-        self.in_flight.is_some()
-    }
-
-    /// Jobs waiting for the next batch.
-    pub fn queued(&self) -> usize {
-        self.queue.len()
-    }
-
     /// The next thing to do, if any; `wall` is the node's clock (µs) for staging.
     pub fn poll(&mut self, r: &mut Replica, wall: u64) -> Option<Output> {
         if let Some(o) = self.outputs.pop_front() {

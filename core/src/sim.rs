@@ -11,7 +11,7 @@ use crate::commit::{Committer, Output as CommitOutput};
 use crate::proto::PeerMsg;
 use crate::replica::{Op, Outcome, ReadOutcome, Replica};
 use crate::session::Session;
-use crate::sync::{answer, Event, Step, SyncRound};
+use crate::sync::{answer, describe, Event, Step, SyncRound};
 use crate::version::{NodeId, Version};
 use crate::Limits;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -41,26 +41,38 @@ fn msg_name(m: &PeerMsg) -> String {
     }
 }
 
-fn resp_name(r: &crate::proto::PeerResp) -> String {
-    use crate::proto::PeerResp;
-    match r {
-        PeerResp::Pong => "pong".into(),
-        PeerResp::Sync(s) => format!(
-            "sync {} items{}{}",
-            s.items.len(),
-            if s.more { " more" } else { "" },
-            if s.fallback { " fallback" } else { "" }
-        ),
-        PeerResp::Groups(_) => "groups".into(),
-        PeerResp::Buckets(b) => format!("buckets of {} groups", b.len()),
-        PeerResp::Keys(k) => format!("{} keys", k.len()),
-        PeerResp::Fetch(i) => format!("{} entries", i.len()),
-        PeerResp::Error(e) => format!("error {e}"),
-    }
+/// An unordered pair of ids (a link).
+pub fn pair(a: NodeId, b: NodeId) -> (NodeId, NodeId) {
+    (a.min(b), a.max(b))
 }
 
-fn pair(a: NodeId, b: NodeId) -> (NodeId, NodeId) {
-    (a.min(b), a.max(b))
+/// The connected components of `ids` under `linked` (symmetric), each sorted, in the
+/// order of their smallest id.
+pub fn connected_components(
+    ids: &[NodeId],
+    linked: impl Fn(NodeId, NodeId) -> bool,
+) -> Vec<Vec<NodeId>> {
+    let mut seen = BTreeSet::new();
+    let mut out = Vec::new();
+    for &start in ids {
+        if !seen.insert(start) {
+            continue;
+        }
+        let mut comp = vec![start];
+        let mut i = 0;
+        while i < comp.len() {
+            let x = comp[i];
+            for &y in ids {
+                if y != x && linked(x, y) && seen.insert(y) {
+                    comp.push(y);
+                }
+            }
+            i += 1;
+        }
+        comp.sort();
+        out.push(comp);
+    }
+    out
 }
 
 impl SimCluster {
@@ -321,31 +333,27 @@ impl SimCluster {
 
     /// A client put through server `at`.
     pub fn put(&mut self, at: NodeId, key: &[u8], value: &[u8], s: &mut Session) -> Version {
-        let out = self.run(
-            at,
-            vec![Op::Put {
-                key: key.to_vec(),
-                value: Some(value.to_vec()),
-                seen_ts: s.seen_ts(),
-                dep: None,
-            }],
-        );
-        match out.first() {
-            Some(Outcome::Put { version, .. }) => {
-                s.wrote(key, *version);
-                *version
-            }
-            other => panic!("put produced {other:?}"),
-        }
+        self.write(at, key, Some(value.to_vec()), s)
     }
 
     /// A client delete through server `at`.
     pub fn delete(&mut self, at: NodeId, key: &[u8], s: &mut Session) -> Version {
+        self.write(at, key, None, s)
+    }
+
+    /// A client write (`None` deletes) through server `at`, updating the session.
+    fn write(
+        &mut self,
+        at: NodeId,
+        key: &[u8],
+        value: Option<Vec<u8>>,
+        s: &mut Session,
+    ) -> Version {
         let out = self.run(
             at,
             vec![Op::Put {
                 key: key.to_vec(),
-                value: None,
+                value,
                 seen_ts: s.seen_ts(),
                 dep: None,
             }],
@@ -355,7 +363,7 @@ impl SimCluster {
                 s.wrote(key, *version);
                 *version
             }
-            other => panic!("delete produced {other:?}"),
+            other => panic!("write produced {other:?}"),
         }
     }
 
@@ -436,7 +444,7 @@ impl SimCluster {
                         return;
                     };
                     let resp = answer(rb, a, req);
-                    self.note(|| format!("sync {a}<-{b} answer {}", resp_name(&resp)));
+                    self.note(|| format!("sync {a}<-{b} answer {}", describe(&resp)));
                     ev = Event::Answer(resp);
                 }
                 Ok(Step::Commit { ops, received }) => {
@@ -467,27 +475,8 @@ impl SimCluster {
 
     /// Connected components over up links.
     pub fn components(&self) -> Vec<Vec<NodeId>> {
-        let mut seen = BTreeSet::new();
-        let mut out = Vec::new();
-        for &start in self.nodes.keys() {
-            if !seen.insert(start) {
-                continue;
-            }
-            let mut comp = vec![start];
-            let mut i = 0;
-            while i < comp.len() {
-                let x = comp[i];
-                for &y in self.nodes.keys() {
-                    if self.is_up(x, y) && seen.insert(y) {
-                        comp.push(y);
-                    }
-                }
-                i += 1;
-            }
-            comp.sort();
-            out.push(comp);
-        }
-        out
+        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        connected_components(&ids, |x, y| self.is_up(x, y))
     }
 
     /// Deliver everything and run anti-entropy until nothing changes.

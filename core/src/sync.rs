@@ -173,15 +173,21 @@ fn event_name(ev: &Event) -> &'static str {
     }
 }
 
-fn answer_name(resp: &PeerResp) -> String {
+/// A one-line description of an answer (errors and traces).
+pub fn describe(resp: &PeerResp) -> String {
     match resp {
         PeerResp::Pong => "pong".into(),
-        PeerResp::Sync(r) => format!("sync ({} items)", r.items.len()),
-        PeerResp::Groups(g) => format!("groups ({})", g.len()),
-        PeerResp::Buckets(b) => format!("buckets ({})", b.len()),
-        PeerResp::Keys(k) => format!("keys ({})", k.len()),
-        PeerResp::Fetch(i) => format!("fetch ({} items)", i.len()),
-        PeerResp::Error(e) => format!("error ({e})"),
+        PeerResp::Sync(s) => format!(
+            "sync {} items{}{}",
+            s.items.len(),
+            if s.more { " more" } else { "" },
+            if s.fallback { " fallback" } else { "" }
+        ),
+        PeerResp::Groups(_) => "groups".into(),
+        PeerResp::Buckets(b) => format!("buckets of {} groups", b.len()),
+        PeerResp::Keys(k) => format!("{} keys", k.len()),
+        PeerResp::Fetch(i) => format!("{} entries", i.len()),
+        PeerResp::Error(e) => format!("error {e}"),
     }
 }
 
@@ -288,7 +294,7 @@ impl SyncRound {
             (Wait::AdoptCommit, Event::Committed) => Ok(Step::Done),
             (wait, Event::Answer(resp)) => Err(SyncError::Unexpected {
                 asked: wait.name(),
-                got: answer_name(&resp),
+                got: describe(&resp),
             }),
             (wait, ev) => Err(SyncError::OutOfStep {
                 waiting: wait.name(),

@@ -10,13 +10,9 @@
 //! ordered list, most recent last; it sends to the most recent link to a running
 //! server. A link to a killed server stays and is used again once that id rejoins.
 
+use meshkv_core::sim::{connected_components, pair};
 use meshkv_core::NodeId;
 use std::collections::{BTreeMap, BTreeSet};
-
-/// An unordered pair of ids.
-pub fn pair(a: NodeId, b: NodeId) -> (NodeId, NodeId) {
-    (a.min(b), a.max(b))
-}
 
 /// Why a command does not fit the cluster. The `Display` is the one line the master
 /// prints on stderr.
@@ -370,27 +366,7 @@ impl Topology {
 
     /// Connected components of running servers over unbroken links.
     pub fn components(&self) -> Vec<Vec<NodeId>> {
-        let live = self.live_servers();
-        let mut seen = BTreeSet::new();
-        let mut out = Vec::new();
-        for &s in &live {
-            if !seen.insert(s) {
-                continue;
-            }
-            let mut comp = vec![s];
-            let mut i = 0;
-            while i < comp.len() {
-                let x = comp[i];
-                for &y in &live {
-                    if y != x && !self.is_broken(x, y) && seen.insert(y) {
-                        comp.push(y);
-                    }
-                }
-                i += 1;
-            }
-            out.push(comp);
-        }
-        out
+        connected_components(&self.live_servers(), |x, y| !self.is_broken(x, y))
     }
 }
 
