@@ -7,16 +7,21 @@
 //! * [`replica`]: one server's state machine (stage → persist → commit, reads with the
 //!   session check, sync planning, trimming).
 //! * [`session`]: a client's dependencies.
+//! * [`paxos`]: linearizable per-key registers (CASPaxos): acceptor, proposer, acceptor
+//!   sets, and seeded fault schedules checked for linearizability.
 //! * [`proto`]: wire messages and framing; [`control`]: the master's control channel.
 //! * [`sim`]: an in-memory cluster to run many schedules against the rules.
 //! * [`vopr`]: seeded fault schedules over it (crash, wipe, rollback, skew, loss,
 //!   duplication, reordering, partitions), checked for the store's promises.
+//! * [`linearizable`]: a linearizability checker for per-key register histories (Wing & Gong / Lowe search).
 
 pub mod commit;
 pub mod control;
 pub mod digest;
 pub mod entry;
 pub mod hlc;
+pub mod linearizable;
+pub mod paxos;
 pub mod proto;
 pub mod replica;
 pub mod session;

@@ -8,12 +8,13 @@
 //! * one **uni stream per direction** carries [`PeerMsg`]s in order: eager pushes and
 //!   link announcements;
 //! * **bi streams**, one per exchange, carry a [`PeerReq`] and its [`PeerResp`]
-//!   (anti-entropy, tree walk);
+//!   (anti-entropy, tree walk, the linearizable registers' prepare and accept);
 //!
 //! A client↔server connection carries one bi stream per request: [`ClientReq`] then
 //! [`ClientResp`].
 
 use crate::entry::Entry;
+use crate::paxos::{PaxosReq, PaxosResp};
 use crate::replica::{SyncItem, SyncReq, SyncResp};
 use crate::version::{Dot, NodeId, Version};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
@@ -59,6 +60,8 @@ pub enum PeerReq {
     Keys(Vec<u16>),
     /// Tree walk: the entries of these keys.
     Fetch(Vec<Vec<u8>>),
+    /// A linearizable register's prepare or accept, for this server's acceptor.
+    Paxos(PaxosReq),
 }
 
 /// Answers on a server↔server bi stream.
@@ -76,6 +79,8 @@ pub enum PeerResp {
     Keys(Vec<(Vec<u8>, u64)>),
     /// Answer to [`PeerReq::Fetch`].
     Fetch(Vec<SyncItem>),
+    /// Answer to [`PeerReq::Paxos`] (given only once the acceptor state is durable).
+    Paxos(PaxosResp),
     /// The request could not be served.
     Error(String),
 }

@@ -94,6 +94,12 @@ pub fn member_record(key: &[u8], entry: &Entry) -> Option<(NodeId, Option<String
     Some((id, addr))
 }
 
+/// Whether `version` is a linearizable register's stamp ([`Op::Stamp`]: odd
+/// timestamp) rather than a client's session write (even).
+pub fn is_stamp(version: &Version) -> bool {
+    version.ts & 1 == 1
+}
+
 /// Whether `key` is reserved (not for clients).
 pub fn is_reserved(key: &[u8]) -> bool {
     key.starts_with(b"\0meshkv/")
@@ -158,6 +164,18 @@ pub enum Op {
         /// replica holds that write or a later one, so a write never overwrites (nor
         /// reports as previous) something older than what the session saw.
         dep: Option<Dot>,
+    },
+    /// A linearizable write, stamped before its register's accept goes out (see
+    /// [`crate::paxos`]): merge the register's `current` value, then write on top of
+    /// it. Its timestamp is odd (a client write's is even), so that every server can
+    /// tell a register's stamp from a session write; see [`is_stamp`].
+    Stamp {
+        /// The key.
+        key: Vec<u8>,
+        /// The new value, or `None` for a delete.
+        value: Option<Vec<u8>>,
+        /// The register's current value.
+        current: Option<Entry>,
     },
     /// An entry from a peer (push, sync answer or tree walk).
     Apply {
@@ -543,10 +561,21 @@ impl Replica {
                     dep,
                 } => {
                     if satisfies(self.current(&st, &key), &st.meta.seen, dep) {
-                        self.stage_put(&mut st, key, value, seen_ts, wall)
+                        self.stage_put(&mut st, key, value, seen_ts, wall, false)
                     } else {
                         Outcome::Dep
                     }
+                }
+                Op::Stamp {
+                    key,
+                    value,
+                    current,
+                } => {
+                    let seen_ts = current.as_ref().map_or(0, |e| e.version.ts);
+                    if let Some(e) = current {
+                        self.stage_apply(&mut st, key.clone(), e, Vec::new(), None, wall);
+                    }
+                    self.stage_put(&mut st, key, value, seen_ts, wall, true)
                 }
                 Op::Apply {
                     key,
@@ -619,13 +648,21 @@ impl Replica {
         value: Option<Vec<u8>>,
         seen_ts: u64,
         wall: u64,
+        stamp: bool,
     ) -> Outcome {
         let previous = self.current(st, &key).cloned();
         let seen_ts = self.observe_client(seen_ts, wall);
         // This write follows everything the client saw and the key's current version,
         // even when those are further ahead than the clock may move.
         let floor = previous.as_ref().map_or(0, |p| p.version.ts).max(seen_ts);
-        let ts = self.hlc.tick(wall).max(floor.saturating_add(1));
+        let tick = self.hlc.tick(wall);
+        let ts = tick.max(floor.saturating_add(1));
+        // Odd for a register's stamp, even for a client write (see `Op::Stamp`).
+        let parity = if stamp { ts | 1 } else { ts + (ts & 1) };
+        if ts == tick {
+            self.hlc.observe(parity);
+        }
+        let ts = parity;
         self.max_ts = self.max_ts.max(ts);
         self.counter += 1;
         let dot = Dot::new(self.rid, self.counter);

@@ -293,7 +293,7 @@ impl SimCluster {
     /// disk is durable at once (a crash keeps every acknowledged write; the `vopr`
     /// mutation `ack-before-fsync` breaks exactly that). Returns the last reply.
     fn drive(&mut self, at: NodeId) -> Vec<Outcome> {
-        self.wall += 1;
+        self.wall += 2;
         let wall = self.wall_of(at);
         let (Some(r), Some(c)) = (self.nodes.get_mut(&at), self.committers.get_mut(&at)) else {
             return Vec::new();

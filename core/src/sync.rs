@@ -187,6 +187,7 @@ pub fn describe(resp: &PeerResp) -> String {
         PeerResp::Buckets(b) => format!("buckets of {} groups", b.len()),
         PeerResp::Keys(k) => format!("{} keys", k.len()),
         PeerResp::Fetch(i) => format!("{} entries", i.len()),
+        PeerResp::Paxos(_) => "register answer".into(),
         PeerResp::Error(e) => format!("error {e}"),
     }
 }
@@ -407,5 +408,7 @@ pub fn answer(r: &mut Replica, from: NodeId, req: PeerReq) -> PeerResp {
         PeerReq::Buckets(g) => PeerResp::Buckets(r.group_buckets(&g)),
         PeerReq::Keys(b) => PeerResp::Keys(r.bucket_keys(&b)),
         PeerReq::Fetch(keys) => PeerResp::Fetch(r.entries(&keys)),
+        // The acceptor's answer needs durable state: the adapter answers these itself.
+        PeerReq::Paxos(_) => PeerResp::Error("register requests are not anti-entropy".into()),
     }
 }
