@@ -31,6 +31,8 @@
 //! idle_timeout_ms = 60000               # idle keep-alive connections are closed
 //! max_connections = 4096                # when full, idle connections are shed for new ones
 //! max_connections_per_ip = 256          # per client address (IPv6: /64); more are closed
+//! default_consistency = "linearizable"  # level of a /kv request with no level and no token
+//! linearizable_timeout_ms = 2000        # a linearizable request's bound: then 503 ERR_UNAVAILABLE
 //!
 //! [limits]
 //! max_key = 1024                        # bytes; 414 past it
@@ -154,6 +156,11 @@ pub struct Http {
     pub max_connections: usize,
     /// Open connections per client address at most (IPv6: per /64).
     pub max_connections_per_ip: usize,
+    /// The level of a `/kv` request that names none and carries no session token:
+    /// `linearizable` (default) or `session`.
+    pub default_consistency: String,
+    /// How long a linearizable request may take before `503 ERR_UNAVAILABLE`.
+    pub linearizable_timeout_ms: u64,
 }
 
 impl Default for Http {
@@ -171,6 +178,8 @@ impl Default for Http {
             idle_timeout_ms: 60_000,
             max_connections: 4096,
             max_connections_per_ip: 256,
+            default_consistency: "linearizable".into(),
+            linearizable_timeout_ms: 2000,
         }
     }
 }
@@ -321,6 +330,7 @@ impl Config {
         o.min_free_bytes = self.limits.min_free_bytes;
         o.limits.max_clock_offset = self.max_clock_offset_ms.saturating_mul(1000);
         o.catchup_timeout = Duration::from_millis(self.catchup_timeout_ms);
+        o.linearizable_timeout = Duration::from_millis(self.http.linearizable_timeout_ms.max(1));
         o
     }
 
@@ -336,6 +346,10 @@ impl Config {
         o.max_connections_per_ip = h.max_connections_per_ip.max(1);
         o.max_key = self.limits.max_key;
         o.max_value = self.limits.max_value;
+        o.default_consistency = h
+            .default_consistency
+            .parse()
+            .map_err(|e| format!("http.default_consistency: {e}"))?;
         if let Some(f) = &h.bearer_token_file {
             let f = self.path(f);
             let t = read(&f, "bearer token file")?.trim().to_string();

@@ -72,7 +72,8 @@ use axum::routing::any;
 use axum::Router;
 use http_body_util::BodyExt;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use meshkv_core::{Outcome, ReadOutcome, Version};
+use meshkv_core::paxos::{Change, Cond};
+use meshkv_core::{Entry, Outcome, ReadOutcome, Version};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::collections::{BTreeMap, HashMap};
@@ -95,6 +96,45 @@ pub const PREVIOUS_VERSION_HEADER: &str = "x-meshkv-previous-version";
 pub const AFTER_HEADER: &str = "x-meshkv-after";
 /// Request header: how long to wait for replication instead of answering `ERR_DEP`.
 pub const WAIT_HEADER: &str = "x-meshkv-wait-ms";
+/// Request header: the consistency level (`session` or `linearizable`).
+pub const CONSISTENCY_HEADER: &str = "x-meshkv-consistency";
+/// Response header of a `503 ERR_UNAVAILABLE`: the key's acceptors (comma-separated
+/// server ids), so a client can fail over to a server that reaches a majority of them.
+pub const ACCEPTORS_HEADER: &str = "x-meshkv-acceptors";
+
+/// The consistency level of a `/kv` request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Consistency {
+    /// Read-Your-Writes and Monotonic-Reads for clients that carry the session token
+    /// (`X-Meshkv-After`); served by one server, available under partitions.
+    Session,
+    /// Linearizable per key: every operation goes through a majority of the key's
+    /// acceptors (`meshkv_core::paxos`); `503 ERR_UNAVAILABLE` without one.
+    #[default]
+    Linearizable,
+}
+
+impl std::fmt::Display for Consistency {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Consistency::Session => "session",
+            Consistency::Linearizable => "linearizable",
+        })
+    }
+}
+
+impl std::str::FromStr for Consistency {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "session" => Ok(Consistency::Session),
+            "linearizable" => Ok(Consistency::Linearizable),
+            other => Err(format!(
+                "unknown consistency level {other:?}: use session or linearizable"
+            )),
+        }
+    }
+}
 
 /// Percent-encode every byte but the unreserved ones (`A-Z a-z 0-9 - . _ ~`).
 pub fn encode_key(key: &[u8]) -> String {
@@ -195,6 +235,8 @@ pub struct HttpOpts {
     pub max_key: usize,
     /// Largest value (bytes): `413` past it.
     pub max_value: usize,
+    /// The level of a `/kv` request that names none and carries no session token.
+    pub default_consistency: Consistency,
 }
 
 impl std::fmt::Debug for HttpOpts {
@@ -211,6 +253,7 @@ impl std::fmt::Debug for HttpOpts {
             .field("max_connections_per_ip", &self.max_connections_per_ip)
             .field("max_key", &self.max_key)
             .field("max_value", &self.max_value)
+            .field("default_consistency", &self.default_consistency)
             .finish_non_exhaustive()
     }
 }
@@ -230,6 +273,7 @@ impl HttpOpts {
             max_connections_per_ip: 256,
             max_key: 1024,
             max_value: 1 << 20,
+            default_consistency: Consistency::Linearizable,
         }
     }
 }
@@ -284,6 +328,9 @@ struct App {
     opts: HttpOpts,
     addr: SocketAddr,
     metrics: Metrics,
+    /// Test-only (`MESHKV_TEST_MUTATION=lin-as-session`): serve linearizable requests
+    /// at the session level, so that tests can show their checker catches it.
+    lin_as_session: bool,
 }
 
 type Shared = Arc<App>;
@@ -299,11 +346,16 @@ pub async fn start(server: Server, opts: HttpOpts) -> Result<HttpServer, HttpErr
         addr: opts.listen,
         source,
     })?;
+    let lin_as_session = std::env::var("MESHKV_TEST_MUTATION").is_ok_and(|m| m == "lin-as-session");
+    if lin_as_session {
+        tracing::warn!("MESHKV_TEST_MUTATION=lin-as-session: linearizable requests are served at the session level (a deliberately broken server for tests)");
+    }
     let app = Arc::new(App {
         metrics: Metrics::new(server.clone()),
         server,
         opts,
         addr,
+        lin_as_session,
     });
     let is_tls = tls.is_some();
     let task = tokio::spawn(accept_loop(listener, app, tls));
@@ -1315,6 +1367,10 @@ fn server_error(e: ServerError) -> Response {
     match e {
         ServerError::Invalid(m) => reason(StatusCode::BAD_REQUEST, &m),
         ServerError::Stopped => reason(StatusCode::SERVICE_UNAVAILABLE, "server is shutting down"),
+        ServerError::Unavailable(m) => reason(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!("ERR_UNAVAILABLE: {m}"),
+        ),
         ServerError::DiskFull(m) => reason(
             StatusCode::INSUFFICIENT_STORAGE,
             &format!("ERR_DISK_FULL: {m}"),
@@ -1364,9 +1420,31 @@ async fn kv(State(app): State<Shared>, req: Request) -> Response {
         Ok(x) => x,
         Err(e) => return reason(StatusCode::BAD_REQUEST, &e),
     };
+    let (level, cond) =
+        match level_and_condition(&req, &method, after, app.opts.default_consistency) {
+            Ok(x) => x,
+            Err(e) => return reason(StatusCode::BAD_REQUEST, &e),
+        };
     // A request willing to wait for replication also waits for the catch-up.
     if !app.server.is_ready() && !app.server.wait_ready(wait).await {
         return not_ready();
+    }
+    if level == Consistency::Linearizable && !(app.lin_as_session && cond == Cond::Always) {
+        let change = match method {
+            Method::GET | Method::HEAD => Change::Read,
+            Method::DELETE => Change::Write { value: None, cond },
+            _ => {
+                let value = match read_body(&app, req).await {
+                    Ok(v) => v,
+                    Err(r) => return r,
+                };
+                Change::Write {
+                    value: Some(value),
+                    cond,
+                }
+            }
+        };
+        return linearizable(&app, key, change, method == Method::PUT).await;
     }
     match method {
         Method::GET | Method::HEAD => read(&app, key, after, wait).await,
@@ -1379,6 +1457,179 @@ async fn kv(State(app): State<Shared>, req: Request) -> Response {
             write(&app, key, Some(value), after, wait, true).await
         }
     }
+}
+
+/// The level of a `/kv` request and the precondition of a write; `Err` is a `400`.
+fn level_and_condition(
+    req: &Request,
+    method: &Method,
+    after: Option<Version>,
+    default: Consistency,
+) -> Result<(Consistency, Cond), String> {
+    let mut level = None;
+    if let Some(q) = req.uri().query() {
+        for pair in q.split('&').filter(|p| !p.is_empty()) {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            match name {
+                "consistency" => level = Some(value.parse::<Consistency>()?),
+                other => {
+                    return Err(format!(
+                        "unknown query parameter {other:?} (known: consistency)"
+                    ))
+                }
+            }
+        }
+    }
+    if let Some(h) = header_str(req.headers(), CONSISTENCY_HEADER)? {
+        let h = h
+            .trim()
+            .parse::<Consistency>()
+            .map_err(|e| format!("header {CONSISTENCY_HEADER}: {e}"))?;
+        if level.is_some_and(|l| l != h) {
+            return Err(format!(
+                "header {CONSISTENCY_HEADER} and the query parameter name different levels"
+            ));
+        }
+        level = Some(h);
+    }
+    let if_match = header_str(req.headers(), header::IF_MATCH.as_str())?;
+    let if_none = header_str(req.headers(), header::IF_NONE_MATCH.as_str())?;
+    let cond = match (if_match, if_none) {
+        (None, None) => Cond::Always,
+        (Some(_), Some(_)) => return Err("If-Match and If-None-Match together".into()),
+        (Some(v), None) => {
+            let v = v.trim();
+            let v = v
+                .strip_prefix('"')
+                .and_then(|v| v.strip_suffix('"'))
+                .unwrap_or(v);
+            Cond::Version(
+                v.parse::<Version>()
+                    .map_err(|e| format!("header If-Match: {e}"))?,
+            )
+        }
+        (None, Some(v)) if v.trim() == "*" => Cond::Absent,
+        (None, Some(v)) => {
+            return Err(format!(
+                "header If-None-Match: {v:?}: only * (create if absent) is supported"
+            ))
+        }
+    };
+    let conditional = cond != Cond::Always;
+    if conditional && !matches!(*method, Method::PUT | Method::DELETE) {
+        return Err("If-Match and If-None-Match apply to PUT and DELETE".into());
+    }
+    // A session token means the session level unless a level is named.
+    let level = level.unwrap_or(if after.is_some() {
+        Consistency::Session
+    } else {
+        default
+    });
+    if conditional && level == Consistency::Session {
+        return Err("conditional writes are linearizable: drop consistency=session".into());
+    }
+    Ok((level, cond))
+}
+
+/// Serve a linearizable request (see `meshkv_core::paxos`).
+async fn linearizable(app: &App, key: Vec<u8>, change: Change, is_put: bool) -> Response {
+    let read = change == Change::Read;
+    let acceptors = app.server.acceptors_of(&key);
+    match app.server.linearizable(key, change).await {
+        Err(ServerError::Unavailable(why)) => {
+            let mut r = reason(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!("ERR_UNAVAILABLE: {why}"),
+            );
+            let list = acceptors
+                .iter()
+                .map(|a| a.to_string())
+                .collect::<Vec<_>>()
+                .join(",");
+            if let Ok(v) = HeaderValue::from_str(&list) {
+                r.headers_mut().insert(ACCEPTORS_HEADER, v);
+            }
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            r
+        }
+        Err(e) => server_error(e),
+        Ok(out) if !out.applied && !read => {
+            let mut r = reason(StatusCode::PRECONDITION_FAILED, "ERR_PRECONDITION");
+            if let Some(v) = out
+                .current
+                .as_ref()
+                .filter(|e| e.value.is_some())
+                .map(|e| e.version)
+            {
+                r.headers_mut().insert(VERSION_HEADER, version_value(&v));
+            }
+            r
+        }
+        Ok(out) if read => match out.current {
+            Some(Entry {
+                value: Some(value),
+                version,
+                ..
+            }) => {
+                let mut r = (
+                    StatusCode::OK,
+                    [(header::CONTENT_TYPE, "application/octet-stream")],
+                    value,
+                )
+                    .into_response();
+                r.headers_mut()
+                    .insert(VERSION_HEADER, version_value(&version));
+                r
+            }
+            other => {
+                let mut r = reason(StatusCode::NOT_FOUND, "ERR_KEY");
+                if let Some(e) = other {
+                    r.headers_mut()
+                        .insert(VERSION_HEADER, version_value(&e.version));
+                }
+                r
+            }
+        },
+        Ok(out) => {
+            let version = out.current.as_ref().map(|e| e.version);
+            let prev_version = out.previous.as_ref().map(|p| p.version);
+            write_answer(
+                out.previous.and_then(|p| p.value),
+                version,
+                prev_version,
+                is_put,
+            )
+        }
+    }
+}
+
+/// The answer to a write: `200` + the previous value, `201` (a put) or `204` (a
+/// delete) when there was none, and the version headers.
+fn write_answer(
+    prev_value: Option<Vec<u8>>,
+    version: Option<Version>,
+    prev_version: Option<Version>,
+    is_put: bool,
+) -> Response {
+    let mut r = match prev_value {
+        Some(v) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/octet-stream")],
+            v,
+        )
+            .into_response(),
+        None if is_put => StatusCode::CREATED.into_response(),
+        None => StatusCode::NO_CONTENT.into_response(),
+    };
+    if let Some(v) = version {
+        r.headers_mut().insert(VERSION_HEADER, version_value(&v));
+    }
+    if let Some(p) = prev_version {
+        r.headers_mut()
+            .insert(PREVIOUS_VERSION_HEADER, version_value(&p));
+    }
+    r
 }
 
 async fn read_body(app: &App, req: Request) -> Result<Vec<u8>, Response> {
@@ -1550,24 +1801,12 @@ async fn write(
     match outcome {
         Ok(Outcome::Put { version, previous }) => {
             let prev_version = previous.as_ref().map(|p| p.version);
-            let prev_value = previous.and_then(|p| p.value);
-            let mut r = match prev_value {
-                Some(v) => (
-                    StatusCode::OK,
-                    [(header::CONTENT_TYPE, "application/octet-stream")],
-                    v,
-                )
-                    .into_response(),
-                None if is_put => StatusCode::CREATED.into_response(),
-                None => StatusCode::NO_CONTENT.into_response(),
-            };
-            r.headers_mut()
-                .insert(VERSION_HEADER, version_value(&version));
-            if let Some(p) = prev_version {
-                r.headers_mut()
-                    .insert(PREVIOUS_VERSION_HEADER, version_value(&p));
-            }
-            r
+            write_answer(
+                previous.and_then(|p| p.value),
+                Some(version),
+                prev_version,
+                is_put,
+            )
         }
         Ok(other) => reason(
             StatusCode::INTERNAL_SERVER_ERROR,

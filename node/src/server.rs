@@ -34,6 +34,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{mpsc, oneshot, Notify};
 
+mod register;
+pub use register::LinOutcome;
+
 /// How a server is set up.
 #[derive(Clone, Debug)]
 pub struct ServerOpts {
@@ -68,6 +71,9 @@ pub struct ServerOpts {
     /// Free space the data directory's file system must keep: below it, writes are
     /// refused with `ERR_DISK_FULL` (so sled never runs out mid-batch) and reads go on.
     pub min_free_bytes: u64,
+    /// How long a linearizable request may take before it is answered with
+    /// `ERR_UNAVAILABLE` (it may still take effect later).
+    pub linearizable_timeout: Duration,
 }
 
 impl ServerOpts {
@@ -88,6 +94,7 @@ impl ServerOpts {
             catchup_timeout: Duration::from_secs(3),
             peers: Vec::new(),
             min_free_bytes: 64 << 20,
+            linearizable_timeout: Duration::from_secs(2),
         }
     }
 }
@@ -114,6 +121,10 @@ pub enum ServerError {
     /// are refused (reads still served) until space returns.
     #[error("ERR_DISK_FULL: {0}")]
     DiskFull(String),
+    /// A linearizable request found no majority of its key's acceptors in time (it
+    /// may still take effect).
+    #[error("ERR_UNAVAILABLE: {0}")]
+    Unavailable(String),
 }
 
 /// Why an anti-entropy round stopped early (logged; the next round starts afresh).
@@ -139,6 +150,11 @@ enum CommitJob {
     },
     /// A message from a peer's push stream (kept in order with that peer's pushes).
     Peer { from: NodeId, msg: PeerMsg },
+    /// A request for this server's acceptor: answered once its new state is durable.
+    Paxos {
+        req: meshkv_core::paxos::PaxosReq,
+        reply: oneshot::Sender<Result<meshkv_core::paxos::PaxosResp, ServerError>>,
+    },
 }
 
 /// Per-peer counters, shown in status.
@@ -208,6 +224,12 @@ struct Shared {
     /// One anti-entropy round at a time: a rejoining server pulls what it missed from
     /// one peer, and the rounds with the others then find nothing left to send.
     sync_lock: tokio::sync::Mutex<()>,
+    /// The counter of this incarnation's last ballot.
+    ballots: AtomicU64,
+    /// Linearizable operations completed, attempts retried, and answered unavailable.
+    lin_ops: AtomicU64,
+    lin_retries: AtomicU64,
+    lin_unavailable: AtomicU64,
 }
 
 /// A running server.
@@ -288,6 +310,10 @@ impl Server {
             client_puts: AtomicU64::new(0),
             client_gets: AtomicU64::new(0),
             sync_lock: tokio::sync::Mutex::new(()),
+            ballots: AtomicU64::new(0),
+            lin_ops: AtomicU64::new(0),
+            lin_retries: AtomicU64::new(0),
+            lin_unavailable: AtomicU64::new(0),
         });
         {
             let sh2 = sh.clone();
@@ -398,6 +424,34 @@ impl Server {
             }])
             .await?;
         out.pop().ok_or(ServerError::Stopped)
+    }
+
+    /// Run a linearizable operation on `key` (see [`meshkv_core::paxos`]).
+    pub async fn linearizable(
+        &self,
+        key: Vec<u8>,
+        change: meshkv_core::paxos::Change,
+    ) -> Result<LinOutcome, ServerError> {
+        self.check_key(&key)?;
+        if let meshkv_core::paxos::Change::Write { value: Some(v), .. } = &change {
+            if v.len() > self.sh.opts.max_value {
+                return Err(ServerError::Invalid(format!(
+                    "value of {} bytes exceeds the {}-byte limit",
+                    v.len(),
+                    self.sh.opts.max_value
+                )));
+            }
+        }
+        match &change {
+            meshkv_core::paxos::Change::Read => self.sh.client_gets.fetch_add(1, Relaxed),
+            _ => self.sh.client_puts.fetch_add(1, Relaxed),
+        };
+        self.sh.linearizable(key, change).await
+    }
+
+    /// The acceptor set of `key` (the servers that vote on its linearizable register).
+    pub fn acceptors_of(&self, key: &[u8]) -> Vec<NodeId> {
+        self.sh.acceptor_set(key)
     }
 
     /// Read with the session check.
@@ -770,6 +824,7 @@ fn commit_loop(sh: Arc<Shared>, mut storage: Storage, mut rx: mpsc::Receiver<Com
         // pushes are dropped (anti-entropy brings them back once space returns), and
         // reads go on. Checked before every batch, so the server recovers by itself.
         let full = sh.disk_full();
+        let mut acceptor_jobs = Vec::new();
         for job in jobs {
             match (job, &full) {
                 (CommitJob::Ops { reply, .. }, Some(why)) => {
@@ -795,7 +850,21 @@ fn commit_loop(sh: Arc<Shared>, mut storage: Storage, mut rx: mpsc::Receiver<Com
                 (CommitJob::Peer { from, msg }, _) => {
                     committer.peer_message(&mut lock(&sh.replica), from, msg)
                 }
+                // Acceptor records are tiny: they may use the top of the reserve, so
+                // that linearizable reads go on while writes are refused.
+                (CommitJob::Paxos { reply, .. }, Some(why)) if !sh.acceptor_room() => {
+                    let _ = reply.send(Err(ServerError::DiskFull(why.clone())));
+                }
+                (CommitJob::Paxos { req, reply }, _) => acceptor_jobs.push((req, reply)),
             }
+        }
+        if !acceptor_jobs.is_empty() {
+            if let Err(e) = register::answer_acceptors(&mut storage, acceptor_jobs) {
+                tracing::error!("cannot make acceptor state durable, stopping: {e}");
+                eprintln!("meshkv server {}: fatal storage error: {e}", sh.id);
+                std::process::exit(70);
+            }
+            *lock(&sh.storage_stats) = storage.stats();
         }
         loop {
             let out = committer.poll(&mut lock(&sh.replica), crate::clock::wall_micros());
@@ -926,6 +995,12 @@ impl Shared {
                 }
             }
         }
+    }
+
+    /// Whether there is room for acceptor records: more than a quarter of the reserve.
+    fn acceptor_room(&self) -> bool {
+        crate::storage::free_bytes(&self.opts.data_dir)
+            .is_ok_and(|free| free >= self.opts.min_free_bytes / 4)
     }
 
     /// Whether the data directory's file system is below the free-space reserve now.
@@ -1349,7 +1424,13 @@ impl Shared {
                             return;
                         }
                     };
-                    let resp = sh.answer(id, req, &st);
+                    let resp = match req {
+                        PeerReq::Paxos(r) => match sh.accept_local(r).await {
+                            Ok(r) => PeerResp::Paxos(r),
+                            Err(e) => PeerResp::Error(e.to_string()),
+                        },
+                        req => sh.answer(id, req, &st),
+                    };
                     if let Ok(n) = frame::write_frame(&mut send, &resp).await {
                         st.bytes_sent.fetch_add(n as u64, Relaxed);
                         if matches!(resp, PeerResp::Sync(_) | PeerResp::Fetch(_)) {

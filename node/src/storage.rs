@@ -28,6 +28,7 @@
 //! | `m/seq`                                     | the batch sequence number, u64 big-endian (absent = 0) |
 //! | `k/` + key                                  | bincode([`Entry`]) of the key (tombstones too) |
 //! | `l/` + origin (u64 BE) + counter (u64 BE)   | the key the log record `origin:counter` maps to |
+//! | `p/` + key                                  | bincode([`AcceptorState`]) of the key's linearizable register |
 //!
 //! bincode is the standard configuration, through serde. `m/format` and `m/node` must
 //! agree with `meshkv.id`. Nothing else is stored; any other key is reported as corrupt
@@ -109,6 +110,7 @@
 //! should restart and recover from what is on disk.
 
 use meshkv_core::entry::Entry;
+use meshkv_core::paxos::AcceptorState;
 use meshkv_core::replica::{Limits, Meta, Replica, Staged};
 use meshkv_core::version::{Dot, NodeId};
 use serde::Serialize;
@@ -131,6 +133,8 @@ const KEY_META: &[u8] = b"m/meta";
 const PREFIX_ENTRY: &[u8] = b"k/";
 /// Prefix of log records.
 const PREFIX_LOG: &[u8] = b"l/";
+/// Prefix of the acceptor state of linearizable registers (see `meshkv_core::paxos`).
+const PREFIX_PAXOS: &[u8] = b"p/";
 /// The identity file, checked before sled opens the directory.
 const ID_FILE: &str = "meshkv.id";
 /// The identity file while it is being written.
@@ -630,6 +634,16 @@ impl Storage {
         let seq = self.seq + 1;
         batch.insert(KEY_SEQ, &seq.to_be_bytes()[..]);
 
+        self.apply_durably(batch, bytes)?;
+        self.meta = st.meta.clone();
+        self.seq = seq;
+        self.root = st.root;
+        self.write_seq_file();
+        Ok(())
+    }
+
+    /// Apply `batch` atomically and fsync it.
+    fn apply_durably(&mut self, batch: sled::Batch, bytes: u64) -> Result<(), StorageError> {
         self.db
             .apply_batch(batch)
             .map_err(|e| StorageError::db("applying a batch", e))?;
@@ -644,9 +658,50 @@ impl Storage {
         })?;
         self.stats.fsyncs += 1;
         self.stats.last_sync_micros = started.elapsed().as_micros() as u64;
-        self.meta = st.meta.clone();
+        Ok(())
+    }
+
+    /// The acceptor state of `key`'s register (default: nothing promised).
+    pub fn acceptor(&self, key: &[u8]) -> Result<AcceptorState, StorageError> {
+        let k = prefixed(PREFIX_PAXOS, key);
+        match self
+            .db
+            .get(&k)
+            .map_err(|e| StorageError::db("reading acceptor state", e))?
+        {
+            Some(v) => decode(&k, &v),
+            None => Ok(AcceptorState::default()),
+        }
+    }
+
+    /// Make new acceptor states durable (one atomic batch, one fsync) before their
+    /// answers go out. Counts as a batch in `meshkv.seq`, so a lost one is detected.
+    pub fn persist_acceptors(
+        &mut self,
+        states: &[(Vec<u8>, AcceptorState)],
+    ) -> Result<(), StorageError> {
+        if let Some(why) = &self.failed {
+            return Err(StorageError::Failed(why.clone()));
+        }
+        if states.is_empty() {
+            return Ok(());
+        }
+        let mut batch = sled::Batch::default();
+        let mut bytes = 0u64;
+        for (key, state) in states {
+            let k = prefixed(PREFIX_PAXOS, key);
+            let v = encode(state, "acceptor state")?;
+            bytes += (k.len() + v.len()) as u64;
+            batch.insert(k, v);
+        }
+        let seq = self.seq + 1;
+        batch.insert(KEY_SEQ, &seq.to_be_bytes()[..]);
+        let result = self.apply_durably(batch, bytes);
+        if let Err(e) = &result {
+            self.failed = Some(e.to_string());
+            return result;
+        }
         self.seq = seq;
-        self.root = st.root;
         self.write_seq_file();
         Ok(())
     }
@@ -928,6 +983,9 @@ fn load(db: &sled::Db) -> Result<Loaded, StorageError> {
             entries.push((key.to_vec(), decode::<Entry>(&k, &v)?));
         } else if let Some(rest) = k.strip_prefix(PREFIX_LOG) {
             log.push((parse_dot(&k, rest)?, v.to_vec()));
+        } else if k.starts_with(PREFIX_PAXOS) {
+            // Read on demand; checked here so that a damaged record refuses the store.
+            decode::<AcceptorState>(&k, &v)?;
         } else if k.as_ref() == KEY_META {
             meta = Some(decode::<Meta>(&k, &v)?);
         } else if k.as_ref() != KEY_FORMAT && k.as_ref() != KEY_NODE && k.as_ref() != KEY_SEQ {

@@ -191,7 +191,10 @@ async fn isolated_replica_answers_err_dep_and_waits_are_bounded() -> Result<()> 
     cl.wait_ready(2, &c).await?;
     let (e0, e2) = (cl.ep(0)?, cl.ep(2)?);
 
-    let v = version(&put(&c, &e0, b"k", b"v1", &[]).await?)?;
+    // This test is about the session level: node 2 is a cluster of its own, and a
+    // linearizable request would not ask it.
+    let session = [("x-meshkv-consistency", "session".to_string())];
+    let v = version(&put(&c, &e0, b"k", b"v1", &session).await?)?;
 
     // No wait: 412 ERR_DEP at once.
     let t = Instant::now();
@@ -233,14 +236,15 @@ async fn isolated_replica_answers_err_dep_and_waits_are_bounded() -> Result<()> 
         )
         .await?;
     assert_eq!(r.status, 412, "{r:?}");
-    let r = get(&c, &e2, b"k", &[]).await?;
+    let r = get(&c, &e2, b"k", &session).await?;
     assert_eq!(
         r.status, 404,
         "nothing was written on the isolated replica: {r:?}"
     );
 
-    // Without a token the isolated replica answers what it has: eventual consistency.
-    let r = put(&c, &e2, b"other", b"x", &[]).await?;
+    // Without a token, at the session level, the isolated replica answers what it
+    // has: eventual consistency.
+    let r = put(&c, &e2, b"other", b"x", &session).await?;
     assert_eq!(r.status, 201);
 
     // Catch-up within the bound: node 1 starts only now, behind node 0; a read with
