@@ -42,6 +42,9 @@ sim:
 	target/release/meshkv-sim --seeds $(SEEDS)
 	for m in reuse-dot skip-dep-check trim-ignoring-members ack-before-fsync; do \
 	  target/release/meshkv-sim --seeds 1000 --mutation $$m || exit 1; done
+	target/release/meshkv-sim --registers --seeds $(SEEDS)
+	for m in acceptor-ignores-promise acceptor-forgets-on-crash; do \
+	  target/release/meshkv-sim --registers --seeds 1000 --mutation $$m || exit 1; done
 
 # The seed's benchmark: 5 servers, clients 5-9 one per server, N rotating puts, then
 # stabilize; median of RUNS runs.

@@ -19,6 +19,7 @@
 //!   write was lost (or, for concurrent writers, the store did not keep the later one).
 
 use crate::history::{Op, OpKind};
+use meshkv_core::linearizable::{self, Kind, Op as LinOp, Verdict};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashSet};
 
@@ -208,6 +209,77 @@ pub fn lost_writes(ops: &[Op], finals: &[(String, Option<String>)]) -> Vec<Lost>
     out
 }
 
+/// The linearizability verdict of a history (GETs and PUTs per key, judged by
+/// [`meshkv_core::linearizable`]; a request no server answered is indeterminate: it
+/// may have taken effect at any point after it began, or never).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Linearizability {
+    /// Keys judged.
+    pub keys: usize,
+    /// Keys whose history is not linearizable.
+    pub violations: Vec<String>,
+    /// Keys the search gave up on (its state budget ran out).
+    pub undecided: Vec<String>,
+}
+
+impl Linearizability {
+    /// `yes`, `NO (k of n keys)` or `undecided (k of n keys)`, for tables.
+    pub fn verdict(&self) -> String {
+        if !self.violations.is_empty() {
+            format!("NO ({} of {} keys)", self.violations.len(), self.keys)
+        } else if !self.undecided.is_empty() {
+            format!("undecided ({} of {} keys)", self.undecided.len(), self.keys)
+        } else {
+            "yes".into()
+        }
+    }
+}
+
+/// Judge `ops` for linearizability, key by key.
+pub fn linearizability(ops: &[Op]) -> Linearizability {
+    let bytes = |s: &Option<String>| s.as_ref().map(|v| v.as_bytes().to_vec());
+    let mut history = Vec::with_capacity(ops.len());
+    for o in ops {
+        let (kind, ret) = match (o.kind, o.ok) {
+            (OpKind::Get, true) => (
+                Kind::Get {
+                    value: if o.found { bytes(&o.value) } else { None },
+                },
+                Some(o.end_us),
+            ),
+            // A read nobody answered changes nothing.
+            (OpKind::Get, false) => continue,
+            (OpKind::Put, ok) => (
+                Kind::Put {
+                    value: bytes(&o.value),
+                    previous: ok.then(|| bytes(&o.old)),
+                },
+                ok.then_some(o.end_us),
+            ),
+        };
+        history.push((
+            o.key.clone().into_bytes(),
+            LinOp {
+                client: o.client as u64,
+                invoke: o.start_us,
+                ret,
+                kind,
+            },
+        ));
+    }
+    let mut out = Linearizability::default();
+    for (key, verdict) in linearizable::check_keys(&history, linearizable::DEFAULT_BUDGET) {
+        out.keys += 1;
+        let key = String::from_utf8_lossy(&key).into_owned();
+        match verdict {
+            Verdict::Linearizable { .. } => {}
+            Verdict::NotLinearizable { .. } => out.violations.push(key),
+            Verdict::Unknown { .. } => out.undecided.push(key),
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -371,5 +443,35 @@ mod tests {
         let h = vec![a, b, c];
         let fin = vec![("k".to_string(), Some("a".to_string()))];
         assert_eq!(lost_writes(&h, &fin).len(), 1);
+    }
+
+    #[test]
+    fn linearizability_passes_a_good_chain_and_flags_a_stale_read() {
+        let h = good_chain();
+        let l = linearizability(&h);
+        assert_eq!((l.keys, l.verdict().as_str()), (2, "yes"));
+        // A read after v2 was acknowledged that returns v1.
+        let mut h = good_chain();
+        h.push(get("k", Some("v1"), 40));
+        let l = linearizability(&h);
+        assert_eq!(l.violations, vec!["k".to_string()]);
+        assert_eq!(l.verdict(), "NO (1 of 2 keys)");
+        // Two writes that both saw the same old value (a lost update).
+        let mut h = good_chain();
+        h.push(put("j", "w2", Some("w1"), true, 30));
+        h.push(put("j", "w3", Some("w1"), true, 40));
+        assert_eq!(linearizability(&h).violations, vec!["j".to_string()]);
+    }
+
+    #[test]
+    fn an_unanswered_write_may_or_may_not_have_happened() {
+        let mut h = good_chain();
+        h.push(put("k", "v3", None, false, 30));
+        h.push(get("k", Some("v3"), 100));
+        assert_eq!(linearizability(&h).verdict(), "yes");
+        let mut h = good_chain();
+        h.push(put("k", "v3", None, false, 30));
+        h.push(get("k", Some("v2"), 100));
+        assert_eq!(linearizability(&h).verdict(), "yes");
     }
 }

@@ -18,6 +18,10 @@ pub struct ClientCfg {
     pub session: bool,
     /// Header carrying the session dependency in a request.
     pub after_header: String,
+    /// Request header naming the consistency level (empty: never sent).
+    pub level_header: String,
+    /// The level sent in it (empty: none).
+    pub level: String,
     /// Header carrying the version in a response.
     pub version_header: String,
     /// Header asking a replica that is behind to wait (milliseconds); empty: never sent.
@@ -42,6 +46,8 @@ impl ClientCfg {
             servers,
             session: true,
             after_header: "X-Meshkv-After".into(),
+            level_header: "X-Meshkv-Consistency".into(),
+            level: "session".into(),
             version_header: "X-Meshkv-Version".into(),
             wait_header: "X-Meshkv-Wait-Ms".into(),
             wait_ms: 500,
@@ -132,6 +138,9 @@ impl KvClient {
     ) -> Attempt {
         let path = format!("/kv/{}", encode_key(key));
         let mut headers: Vec<(&str, String)> = Vec::new();
+        if !self.cfg.level_header.is_empty() && !self.cfg.level.is_empty() {
+            headers.push((self.cfg.level_header.as_str(), self.cfg.level.clone()));
+        }
         if session {
             if let Some(tok) = self.tokens.get(key) {
                 headers.push((self.cfg.after_header.as_str(), tok.clone()));

@@ -87,6 +87,13 @@ struct RunArgs {
     /// Request header carrying the session dependency.
     #[arg(long, default_value = "X-Meshkv-After")]
     after_header: String,
+    /// Consistency level asked for on every request (meshkv: session or
+    /// linearizable; empty: none, the server's default).
+    #[arg(long, default_value = "session")]
+    consistency: String,
+    /// Request header carrying the level (empty: never sent).
+    #[arg(long, default_value = "X-Meshkv-Consistency")]
+    consistency_header: String,
     /// Response header carrying the version.
     #[arg(long, default_value = "X-Meshkv-Version")]
     version_header: String,
@@ -251,6 +258,8 @@ async fn run(a: RunArgs) -> Result<bool, String> {
     let mut cfg = ClientCfg::new(servers);
     cfg.session = !a.no_session;
     cfg.after_header = a.after_header.clone();
+    cfg.level = a.consistency.clone();
+    cfg.level_header = a.consistency_header.clone();
     cfg.version_header = a.version_header.clone();
     cfg.wait_header = a.wait_header.clone();
     cfg.wait_ms = a.wait_ms;
@@ -385,14 +394,19 @@ fn check_files(files: &[PathBuf]) -> Result<bool, String> {
             .final_values
             .as_ref()
             .map(|fv| check::lost_writes(&h.ops, fv));
+        let lin = check::linearizability(&h.ops);
         println!(
-            "{}: {} ops, {} chain breaks, {} stale reads, {} lost writes",
+            "{}: {} ops, {} chain breaks, {} stale reads, {} lost writes, linearizable: {}",
             f.display(),
             h.ops.len(),
             breaks.len(),
             stale.len(),
-            lost.as_ref().map_or("-".into(), |l| l.len().to_string())
+            lost.as_ref().map_or("-".into(), |l| l.len().to_string()),
+            lin.verdict()
         );
+        for k in lin.violations.iter().take(5) {
+            println!("  not linearizable: key {k}");
+        }
         for b in breaks.iter().take(5) {
             println!(
                 "  chain break: key {} write #{} ({}) at server {} returned old {:?}, expected one of {:?}",

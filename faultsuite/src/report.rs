@@ -64,6 +64,8 @@ pub struct Outcome {
     pub description: String,
     /// Whether the client sent its session token.
     pub session: bool,
+    /// The consistency level the client asked for (empty: none).
+    pub consistency: String,
     /// Number of servers.
     pub servers: usize,
     /// Wall time of the workload, seconds.
@@ -91,6 +93,8 @@ pub struct Outcome {
     pub chain_breaks: Option<usize>,
     /// Stale reads (None: not measured).
     pub stale_reads: Option<usize>,
+    /// Linearizability verdict of the history (None: not judged).
+    pub linearizable: Option<String>,
     /// Acknowledged writes lost after convergence (None: not measured).
     pub lost_writes: Option<usize>,
     /// Whether all servers held identical values within the bound.
@@ -190,6 +194,10 @@ impl Outcome {
             ),
             ("chain breaks".into(), opt(self.chain_breaks)),
             ("stale reads".into(), opt(self.stale_reads)),
+            (
+                "linearizable".into(),
+                self.linearizable.clone().unwrap_or_else(|| "-".into()),
+            ),
             ("lost acked writes".into(), opt(self.lost_writes)),
             (
                 "convergence".into(),
@@ -244,10 +252,12 @@ pub fn summary_table(outcomes: &[Outcome]) -> String {
     let head = [
         "test",
         "session",
+        "level",
         "ops",
         "errors",
         "chain breaks",
         "stale reads",
+        "linearizable",
         "lost writes",
         "max unavail ms",
         "converge ms",
@@ -263,10 +273,16 @@ pub fn summary_table(outcomes: &[Outcome]) -> String {
             vec![
                 o.test.clone(),
                 if o.session { "token" } else { "none" }.into(),
+                if o.consistency.is_empty() {
+                    "-".into()
+                } else {
+                    o.consistency.clone()
+                },
                 o.ops.to_string(),
                 o.errors.to_string(),
                 opt(o.chain_breaks),
                 opt(o.stale_reads),
+                o.linearizable.clone().unwrap_or_else(|| "-".into()),
                 opt(o.lost_writes),
                 format!("{:.0}", o.max_unavail_ms),
                 match (o.converged, o.convergence_ms) {

@@ -286,6 +286,7 @@ impl Suite {
                 sz.tp_workers, sz.tp_keys
             ),
             session: self.cfg.session,
+            consistency: self.cfg.level.clone(),
             ..Default::default()
         };
         let h = self.judge(&mut o, ops, rec.events(), &conv, false);
@@ -314,6 +315,7 @@ impl Suite {
         }
         let stale = check::stale_reads(&ops);
         o.stale_reads = Some(stale.len());
+        o.linearizable = Some(check::linearizability(&ops).verdict());
         o.stale_sample = stale.into_iter().take(10).collect();
         o.converged = Some(conv.converged);
         o.convergence_ms = Some(conv.ms);
@@ -438,11 +440,27 @@ impl Suite {
             test: name.into(),
             description,
             session,
+            consistency: self.cfg.level.clone(),
             ..Default::default()
         };
         let h = self.judge(&mut o, ops, rec.events(), &conv, true);
         if let Err(e) = fault_result {
             o.assert("faults injected", false, e);
+        }
+        if self.cfg.level == "linearizable" {
+            // Linearizable requests: no stale or broken answer whatever the faults.
+            o.assert(
+                "chain breaks zero (linearizable)",
+                o.chain_breaks == Some(0),
+                format!("{} breaks", o.chain_breaks.unwrap_or(0)),
+            );
+            o.assert(
+                "stale reads zero (linearizable)",
+                o.stale_reads == Some(0),
+                format!("{} stale reads", o.stale_reads.unwrap_or(0)),
+            );
+            let verdict = o.linearizable.clone().unwrap_or_default();
+            o.assert("history linearizable", verdict == "yes", verdict);
         }
         if fault == Fault::None && session {
             o.assert(
@@ -571,6 +589,7 @@ impl Suite {
                 ids(&self.group_b)
             ),
             session: self.cfg.session,
+            consistency: self.cfg.level.clone(),
             ..Default::default()
         };
         let (a0, b0) = (

@@ -65,6 +65,10 @@ struct Args {
     /// Protocol of the endpoints: meshkv, etcd or redis.
     #[arg(long, value_enum, default_value = "meshkv")]
     target: Target,
+    /// meshkv's consistency level for every request (`session` or `linearizable`),
+    /// sent as `X-Meshkv-Consistency`.
+    #[arg(long, default_value = "session")]
+    consistency: String,
     /// Name of the system under test in the output (default: the target).
     #[arg(long)]
     label: Option<String>,
@@ -178,6 +182,8 @@ enum Link {
 
 struct Keys {
     target: Target,
+    /// The `X-Meshkv-Consistency` header of meshkv requests.
+    level: Vec<(&'static str, String)>,
     paths: Vec<String>,
     raw: Vec<Vec<u8>>,
     etcd_put: Vec<Bytes>,
@@ -185,7 +191,7 @@ struct Keys {
 }
 
 impl Keys {
-    fn new(target: Target, n: usize, value: &[u8]) -> Keys {
+    fn new(target: Target, n: usize, value: &[u8], level: &str) -> Keys {
         let raw: Vec<Vec<u8>> = (0..n)
             .map(|i| format!("load-{i:06}").into_bytes())
             .collect();
@@ -200,6 +206,7 @@ impl Keys {
         }
         Keys {
             target,
+            level: vec![("x-meshkv-consistency", level.to_string())],
             paths: (0..n).map(key).collect(),
             raw,
             etcd_put,
@@ -244,11 +251,11 @@ impl Link {
                             .await?
                     }
                     (_, Op::Put) => {
-                        c.send(Method::PUT, &keys.paths[i], &[], value.clone())
+                        c.send(Method::PUT, &keys.paths[i], &keys.level, value.clone())
                             .await?
                     }
                     (_, Op::Get) => {
-                        c.send(Method::GET, &keys.paths[i], &[], Bytes::new())
+                        c.send(Method::GET, &keys.paths[i], &keys.level, Bytes::new())
                             .await?
                     }
                 };
@@ -431,18 +438,23 @@ async fn run(args: Args) -> Result<()> {
     };
     let client = HttpClient::new(tls, token, Duration::from_secs(30));
     println!(
-        "http_load: {} endpoints, {} keys, {}-byte values, {} s per phase",
+        "http_load: {} endpoints, {} keys, {}-byte values, {} s per phase{}",
         eps.len(),
         args.keys,
         args.value_size,
-        args.seconds
+        args.seconds,
+        if args.target == Target::Meshkv {
+            format!(", consistency={}", args.consistency)
+        } else {
+            String::new()
+        }
     );
     let value = Bytes::from(vec![b'v'; args.value_size]);
     let ctx = Ctx {
         client,
         raw: args.endpoints.clone(),
         eps,
-        keys: Arc::new(Keys::new(args.target, args.keys, &value)),
+        keys: Arc::new(Keys::new(args.target, args.keys, &value, &args.consistency)),
         value,
         system: args
             .label
