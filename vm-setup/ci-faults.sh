@@ -6,14 +6,17 @@
 #      seed's sizes, asserting: no acknowledged write lost; identical stores within
 #      the bound after every fault; zero chain breaks and stale reads without faults
 #      when the session token is sent
-#   4. the checker itself: it passes the recorded history and flags deliberately
+#   4. the same tests with plain clients (no token) at the linearizable level,
+#      asserting also: zero chain breaks, zero stale reads and a linearizable
+#      history in every test, faults or not
+#   5. the checker itself: it passes the recorded history and flags deliberately
 #      broken copies of it (a chain break, a lost write)
 # Every step tears down what it set up (traps), whatever happens.
 # Packages: iproute2, iptables (or nftables), openssh-server, openssh-client.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/.." && pwd)"
-case "${1:-}" in -h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; echo "Usage: vm-setup/ci-faults.sh [--size quick|ci|full] [--out DIR]"; exit 0 ;; esac
+case "${1:-}" in -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; echo "Usage: vm-setup/ci-faults.sh [--size quick|ci|full] [--out DIR]"; exit 0 ;; esac
 size=ci out="$repo/results/ci-faults"
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -55,6 +58,10 @@ rc=0; "$here/tests/ssh-deploy.sh" || rc=$?; result "ssh deployment" "$rc"
 section "fault suite: 4 emulated VMs, size $size"
 rm -rf "$out"
 rc=0; "$here/faults.sh" --no-build --size "$size" --out "$out" || rc=$?; result "fault suite (5 tests + no-session variants)" "$rc"
+
+section "fault suite: plain clients at the linearizable level, size $size"
+rc=0; "$here/faults.sh" --no-build --size "$size" --out "$out/linearizable" -- --consistency linearizable --no-session || rc=$?
+result "fault suite at the linearizable level (plain clients)" "$rc"
 
 section "the checker flags broken histories"
 mt="$repo/target/release/meshkv-test"

@@ -4,10 +4,12 @@
 //! ```text
 //! meshkv get KEY [--raw]             print the value (exit 1 when not found)
 //! meshkv put KEY [VALUE] [--prev]    write VALUE (or stdin); --prev prints the old value
-//! meshkv del KEY [--prev]            delete (a replicated tombstone)
+//!            [--if-version V | --if-absent]   compare-and-set (exit 7 when it fails)
+//! meshkv del KEY [--prev] [--if-version V]    delete (a replicated tombstone)
 //! meshkv status [--json]             one line (or JSON) per endpoint
 //! common: --endpoints URL,URL,...    tried in order (default $MESHKV_ENDPOINTS or http://127.0.0.1:8000)
 //!         --session FILE             keep causal tokens between invocations
+//!         --consistency LEVEL        session or linearizable (default: the server's)
 //!         --wait-ms N                let a lagging replica wait N ms (default 1000)
 //!         --timeout-ms N             per endpoint attempt (default 5000)
 //!         --cacert FILE              trust for https:// endpoints (the cluster CA)
@@ -27,7 +29,8 @@
 //! `0` done · `1` key not found · `2` usage error · `3` `ERR_DEP`: no endpoint has
 //! caught up with the session's token · `4` no endpoint reachable · `5` refused by the
 //! server (`4xx`/`5xx`, e.g. `401`, `413`) · `6` local error (session file, certificate
-//! files, stdin). Errors are one line on stderr, starting with `meshkv: `.
+//! files, stdin) · `7` `ERR_PRECONDITION`: a compare-and-set's condition did not hold.
+//! Errors are one line on stderr, starting with `meshkv: `.
 //!
 //! # Session file
 //! With `--session FILE` the client keeps, per key, the last version it wrote or read
@@ -37,7 +40,9 @@
 //! replaced atomically; two commands running at the same time on one file may lose
 //! one of their updates (the guarantee then covers the one kept).
 
-use crate::http::{decode_key, encode_key, AFTER_HEADER, VERSION_HEADER, WAIT_HEADER};
+use crate::http::{
+    decode_key, encode_key, AFTER_HEADER, CONSISTENCY_HEADER, VERSION_HEADER, WAIT_HEADER,
+};
 use crate::pki::{self, Role};
 pub use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -73,6 +78,8 @@ pub mod exit {
     pub const REFUSED: u8 = 5;
     /// A local problem: session file, certificate files, stdin.
     pub const LOCAL: u8 = 6;
+    /// `ERR_PRECONDITION`: `--if-version` / `--if-absent` did not hold.
+    pub const PRECONDITION: u8 = 7;
 }
 
 /// A server's HTTP endpoint: `http://host:port` or `https://host:port`.
@@ -589,6 +596,10 @@ pub struct ClientArgs {
     /// Keep causal tokens in this file (Read-Your-Writes and Monotonic-Reads across commands).
     #[arg(long)]
     pub session: Option<PathBuf>,
+    /// Consistency level: session or linearizable [default: the server's, which is
+    /// linearizable as shipped, or session with --session tokens].
+    #[arg(long, value_parser = ["session", "linearizable"])]
+    pub consistency: Option<String>,
     /// How long a lagging replica may wait for replication before ERR_DEP, in ms.
     #[arg(long, default_value_t = 1000)]
     pub wait_ms: u64,
@@ -614,6 +625,7 @@ struct Ctx {
     endpoints: Vec<Endpoint>,
     wait_ms: u64,
     session: Option<(PathBuf, SessionFile)>,
+    consistency: Option<String>,
 }
 
 /// A failure with its exit code.
@@ -679,6 +691,7 @@ impl ClientArgs {
             endpoints,
             wait_ms: self.wait_ms,
             session,
+            consistency: self.consistency.clone(),
         })
     }
 }
@@ -702,12 +715,22 @@ impl Ctx {
         Ok(())
     }
 
-    async fn kv(&self, method: Method, key: &[u8], body: Bytes) -> Answer {
+    async fn kv(
+        &self,
+        method: Method,
+        key: &[u8],
+        body: Bytes,
+        extra: &[(&'static str, String)],
+    ) -> Answer {
         let path = format!("/kv/{}", encode_key(key));
         let mut headers = vec![(WAIT_HEADER, self.wait_ms.to_string())];
         if let Some(v) = self.token(key) {
             headers.push((AFTER_HEADER, v.to_string()));
         }
+        if let Some(level) = &self.consistency {
+            headers.push((CONSISTENCY_HEADER, level.clone()));
+        }
+        headers.extend(extra.iter().cloned());
         // A server catching up after its start answers 503 ERR_NOT_READY with a
         // retry hint: when that is all we hear, try the round again for a while.
         let give_up = tokio::time::Instant::now() + NOT_READY_PATIENCE;
@@ -722,6 +745,9 @@ impl Ctx {
                     .await
                 {
                     Err(e) => errs.push(format!("{ep}: {e}")),
+                    Ok(r) if r.status == 412 && r.line() == "ERR_PRECONDITION" => {
+                        return Answer::Reply(ep.clone(), r)
+                    }
                     Ok(r) if r.status == 412 => deps.push(ep.url()),
                     Ok(r) if r.status == 503 => {
                         if r.line().starts_with("ERR_NOT_READY") {
@@ -804,7 +830,7 @@ pub async fn get(args: &ClientArgs, key: &[u8], raw: bool) -> u8 {
     finish(
         async {
             let mut ctx = args.ctx()?;
-            let (ep, r) = settle(ctx.kv(Method::GET, key, Bytes::new()).await, key)?;
+            let (ep, r) = settle(ctx.kv(Method::GET, key, Bytes::new(), &[]).await, key)?;
             match r.status {
                 200 => {
                     ctx.remember(key, r.version())?;
@@ -825,9 +851,27 @@ pub async fn get(args: &ClientArgs, key: &[u8], raw: bool) -> u8 {
     )
 }
 
+/// A write's precondition (compare-and-set, linearizable).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum WriteCond {
+    /// None.
+    #[default]
+    Always,
+    /// The key's current version is this one (`If-Match`).
+    Version(String),
+    /// The key has no value (`If-None-Match: *`).
+    Absent,
+}
+
 /// `meshkv put KEY VALUE` / `meshkv del KEY` (`value` `None`): print the previous value
 /// when `prev`.
-pub async fn write(args: &ClientArgs, key: &[u8], value: Option<Vec<u8>>, prev: bool) -> u8 {
+pub async fn write(
+    args: &ClientArgs,
+    key: &[u8],
+    value: Option<Vec<u8>>,
+    prev: bool,
+    cond: WriteCond,
+) -> u8 {
     finish(
         async {
             let mut ctx = args.ctx()?;
@@ -835,7 +879,16 @@ pub async fn write(args: &ClientArgs, key: &[u8], value: Option<Vec<u8>>, prev: 
                 Some(v) => (Method::PUT, Bytes::from(v)),
                 None => (Method::DELETE, Bytes::new()),
             };
-            let (ep, r) = settle(ctx.kv(method, key, body).await, key)?;
+            let extra = match &cond {
+                WriteCond::Always => vec![],
+                WriteCond::Version(v) => {
+                    v.parse::<Version>()
+                        .map_err(|e| Fail(exit::USAGE, format!("--if-version {v:?}: {e}")))?;
+                    vec![("if-match", v.clone())]
+                }
+                WriteCond::Absent => vec![("if-none-match", "*".to_string())],
+            };
+            let (ep, r) = settle(ctx.kv(method, key, body, &extra).await, key)?;
             match r.status {
                 200 | 201 | 204 => {
                     ctx.remember(key, r.version())?;
@@ -844,6 +897,15 @@ pub async fn write(args: &ClientArgs, key: &[u8], value: Option<Vec<u8>>, prev: 
                     }
                     Ok(exit::OK)
                 }
+                412 => Err(Fail(
+                    exit::PRECONDITION,
+                    format!(
+                        "ERR_PRECONDITION: key {:?} is {}",
+                        show(key),
+                        r.version()
+                            .map_or("absent".to_string(), |v| format!("at version {v}"))
+                    ),
+                )),
                 _ => Err(refused(&ep, &r)),
             }
         }

@@ -67,9 +67,16 @@ enum Cmd {
         /// Print the previous value, if there was one.
         #[arg(long)]
         prev: bool,
+        /// Write only if the key's current version is VERSION (from a read's or a
+        /// write's X-Meshkv-Version); otherwise exit 7 (ERR_PRECONDITION).
+        #[arg(long, value_name = "VERSION", conflicts_with = "if_absent")]
+        if_version: Option<String>,
+        /// Write only if the key has no value; otherwise exit 7 (ERR_PRECONDITION).
+        #[arg(long)]
+        if_absent: bool,
         /// The key.
         key: OsString,
-        /// The value (default: stdin).
+        /// The value (default: stdin). A value starting with '-' goes after `--`.
         value: Option<OsString>,
     },
     /// Delete KEY over HTTP (a replicated tombstone).
@@ -79,6 +86,9 @@ enum Cmd {
         /// Print the previous value, if there was one.
         #[arg(long)]
         prev: bool,
+        /// Delete only if the key's current version is VERSION; otherwise exit 7.
+        #[arg(long, value_name = "VERSION")]
+        if_version: Option<String>,
         /// The key.
         key: OsString,
     },
@@ -202,9 +212,16 @@ async fn run(cli: Cli) -> Result<u8, String> {
         Cmd::Put {
             client,
             prev,
+            if_version,
+            if_absent,
             key,
             value,
         } => {
+            let cond = match (if_version, if_absent) {
+                (Some(v), _) => cli::WriteCond::Version(v),
+                (None, true) => cli::WriteCond::Absent,
+                (None, false) => cli::WriteCond::Always,
+            };
             let value = match value {
                 Some(v) => cli::arg_bytes(&v),
                 None => match cli::stdin_value() {
@@ -215,10 +232,16 @@ async fn run(cli: Cli) -> Result<u8, String> {
                     }
                 },
             };
-            Ok(cli::write(&client, &cli::arg_bytes(&key), Some(value), prev).await)
+            Ok(cli::write(&client, &cli::arg_bytes(&key), Some(value), prev, cond).await)
         }
-        Cmd::Del { client, prev, key } => {
-            Ok(cli::write(&client, &cli::arg_bytes(&key), None, prev).await)
+        Cmd::Del {
+            client,
+            prev,
+            if_version,
+            key,
+        } => {
+            let cond = if_version.map_or(cli::WriteCond::Always, cli::WriteCond::Version);
+            Ok(cli::write(&client, &cli::arg_bytes(&key), None, prev, cond).await)
         }
         Cmd::Status { client, json } => Ok(cli::status(&client, json).await),
         Cmd::Member { cmd } => {

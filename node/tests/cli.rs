@@ -492,3 +492,74 @@ fn https_with_client_certificate_and_token() -> Result<()> {
     assert!(o.stdout.contains("node=0"), "{o:?}");
     Ok(())
 }
+
+#[test]
+fn compare_and_set_from_the_command_line() -> Result<()> {
+    let cl = cluster(&[vec![0, 1, 2], vec![0, 1, 2], vec![0, 1, 2]], "")?;
+    let session: PathBuf = cl.dir.path().join("cas-session.json");
+    let s = path_str(&session)?;
+    let eps = cl.urls.join(",");
+    let e = eps.as_str();
+    // Create only if absent: the second create fails with exit 7.
+    expect(
+        run(&[
+            "put",
+            "--endpoints",
+            e,
+            "--session",
+            s,
+            "--if-absent",
+            "lock",
+            "a",
+        ])?,
+        0,
+    )?;
+    let o = expect(
+        run(&["put", "--endpoints", e, "--if-absent", "lock", "b"])?,
+        7,
+    )?;
+    assert!(o.stderr.contains("ERR_PRECONDITION"), "{o:?}");
+    // If-Match the version the session file recorded; a stale version fails.
+    let v = meshkv_node::cli::SessionFile::load(&session)
+        .map_err(|e| anyhow!(e))?
+        .token(b"lock")
+        .ok_or_else(|| anyhow!("no token for lock"))?
+        .to_string();
+    expect(
+        run(&["put", "--endpoints", e, "--if-version", &v, "lock", "c"])?,
+        0,
+    )?;
+    let o = expect(
+        run(&["del", "--endpoints", e, "--if-version", &v, "lock"])?,
+        7,
+    )?;
+    assert!(o.stderr.contains("at version"), "{o:?}");
+    let o = expect(run(&["get", "--endpoints", e, "lock"])?, 0)?;
+    assert_eq!(o.stdout, "c\n");
+    // A malformed version is a usage error; both conditions at once too.
+    expect(
+        run(&["put", "--endpoints", e, "--if-version", "nope", "lock", "d"])?,
+        2,
+    )?;
+    // (clap's usage errors take several lines: only the exit code is checked.)
+    let both = [
+        "put",
+        "--endpoints",
+        e,
+        "--if-version",
+        &v,
+        "--if-absent",
+        "lock",
+        "d",
+    ];
+    assert_eq!(run(&both)?.code, 2);
+    // The level can be named; an unknown one is a usage error.
+    let o = expect(
+        run(&["get", "--endpoints", e, "--consistency", "session", "lock"])?,
+        0,
+    )?;
+    assert_eq!(o.stdout, "c\n");
+    let o = run(&["get", "--endpoints", e, "--consistency", "strong", "lock"])?;
+    assert_eq!(o.code, 2, "{o:?}");
+    Ok(())
+}
