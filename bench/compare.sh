@@ -10,7 +10,8 @@
 # Parts: (1) the seed benchmark through ./master (5 servers, 5 clients, N rotating
 # puts, then stabilize; puts/s and stabilize time, median of --seed-runs runs);
 # (2) HTTP PUT/GET at 1 and 64 connections, 100-byte values over 10,000 keys, on a
-# 3-server meshkv cluster, a 3-member etcd cluster (JSON gateway) and redis (default,
+# 3-server meshkv cluster (at the session level, and as meshkv-lin at the linearizable
+# level), a 3-member etcd cluster (JSON gateway) and redis (default,
 # and `appendfsync always`), all on loopback, same load generator (bench/src/bin/
 # http_load.rs); (3) heal of a partition with 10,000 divergent writes per side on 5
 # servers, and catch-up of a server that missed 10,000 writes (bench/src/bin/
@@ -104,7 +105,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-systems=(meshkv)
+systems=(meshkv meshkv-lin)
 [ "$HAVE_ETCD" = 1 ] && systems+=(etcd)
 [ "$HAVE_REDIS" = 1 ] && systems+=(redis redis-always)
 
@@ -138,14 +139,15 @@ run_http() {
     local sys=$1 r=$2 dir="$RES/run-$sys-$r"
     progress "round $r: HTTP load on $sys"
     case $sys in
-        meshkv) bench_start_meshkv "$dir" "$BIN" ;;
+        meshkv|meshkv-lin) bench_start_meshkv "$dir" "$BIN" ;;
         etcd) bench_start_etcd "$dir" ;;
         redis) bench_start_redis "$dir" default ;;
         redis-always) bench_start_redis "$dir" always ;;
     esac
-    local target=$sys
+    local target=$sys level=session
     [ "$sys" = redis-always ] && target=redis
-    "$BIN/http_load" --target "$target" --label "$sys" --endpoints "$BENCH_ENDPOINTS" \
+    [ "$sys" = meshkv-lin ] && target=meshkv level=linearizable
+    "$BIN/http_load" --target "$target" --label "$sys" --consistency "$level" --endpoints "$BENCH_ENDPOINTS" \
         --connections "$CONNS" --seconds "$SECONDS_PER_PHASE" --keys "$HTTP_KEYS" \
         --value-size 100 --json "$RES/http-$sys-$r.json" 2>&1 | sed 's/^/    /' >&2
     local rc=${PIPESTATUS[0]}

@@ -50,7 +50,7 @@ def main():
             http.setdefault((rec["system"], rec["op"], rec["connections"]), []).append(rec)
     if not any(k[0] == "meshkv" for k in http):
         missing.append("HTTP load on meshkv")
-    systems = [s for s in ["meshkv", "etcd", "redis", "redis-always"] if any(k[0] == s for k in http)]
+    systems = [s for s in ["meshkv", "meshkv-lin", "etcd", "redis", "redis-always"] if any(k[0] == s for k in http)]
     conns = sorted({k[2] for k in http})
 
     def hmed(system, op, c, field):
@@ -153,7 +153,7 @@ def main():
     print("2. HTTP load (3 servers / 3 members / 1 redis; 100-byte values, random keys of "
           f"{'10,000' if not a.smoke else 'a few'}; one request at a time per connection)")
     hdr = f"   {'op':<4}{'conns':>6}  " + "".join(f"{sy:>15}" for sy in systems)
-    peers = [sy for sy in systems if sy != "meshkv"]
+    peers = [sy for sy in systems if sy not in ("meshkv", "meshkv-lin")]
     hdr += "".join(f"{'mk/' + sy:>16}" for sy in peers)
     print(hdr + "    (ops/s; ratio meshkv/peer)")
     for op in ["put", "get"]:
@@ -165,6 +165,12 @@ def main():
             for sy in peers:
                 row += f"{f(ratio(m, hmed(sy, op, c, 'ops_per_s')), '{:.2f}x'):>16}"
             print(row)
+    if "meshkv-lin" in systems and "etcd" in systems:
+        print("   linearizable meshkv (meshkv-lin) / etcd (linearizable too):")
+        for op in ["put", "get"]:
+            for c in conns:
+                r = ratio(hmed("meshkv-lin", op, c, "ops_per_s"), hmed("etcd", op, c, "ops_per_s"))
+                print(f"   {op.upper():<4}{c:>6}  {f(r, '{:.2f}x'):>15}")
     print(f"   {'latency p50 / p99 (ms)':<24}" + "".join(f"{sy:>19}" for sy in systems))
     for op in ["put", "get"]:
         for c in conns:

@@ -26,6 +26,11 @@
 //! # One operation ([`Proposer`])
 //! 1. **Prepare** `b` to every acceptor. An acceptor with `promised ≤ b` promises `b`
 //!    and answers its `(accepted, entry)`; otherwise it rejects with its promise.
+//! 0. A read first **peeks**: a majority of acceptors report what they hold, without
+//!    promising or writing anything. If they all hold the same accepted ballot, its
+//!    value is chosen and no newer one is (a value chosen before the read began was
+//!    accepted by a majority, which intersects this one), so the read returns it after
+//!    one round trip and no fsync. Otherwise it runs the full round below.
 //! 2. With promises from a majority the current value is the entry of the highest
 //!    accepted ballot among them. If all of the majority report the *same* accepted
 //!    ballot, that value is already chosen and a read returns it at once (one round
@@ -162,6 +167,14 @@ pub struct AcceptorState {
 /// A proposer's message to an acceptor.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PaxosReq {
+    /// A read's first try: what the acceptor holds, without a promise (nothing is
+    /// written, so nothing is fsynced).
+    Peek {
+        /// The key.
+        key: Vec<u8>,
+        /// The attempt's ballot (only to match the answer).
+        ballot: Ballot,
+    },
     /// Phase 1.
     Prepare {
         /// The key.
@@ -184,7 +197,9 @@ impl PaxosReq {
     /// The key the request is about.
     pub fn key(&self) -> &[u8] {
         match self {
-            PaxosReq::Prepare { key, .. } | PaxosReq::Accept { key, .. } => key,
+            PaxosReq::Peek { key, .. }
+            | PaxosReq::Prepare { key, .. }
+            | PaxosReq::Accept { key, .. } => key,
         }
     }
 }
@@ -192,6 +207,15 @@ impl PaxosReq {
 /// An acceptor's answer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PaxosResp {
+    /// Answer to a peek: what the acceptor holds.
+    Peeked {
+        /// The attempt's ballot.
+        ballot: Ballot,
+        /// The ballot of `value`.
+        accepted: Ballot,
+        /// The value held.
+        value: Option<Value>,
+    },
     /// Phase 1 granted: what the acceptor holds.
     Promise {
         /// The ballot promised.
@@ -235,6 +259,14 @@ pub fn accept_step_with(
     fault: Option<AcceptorFault>,
 ) -> (Option<AcceptorState>, PaxosResp) {
     match req {
+        PaxosReq::Peek { ballot, .. } => (
+            None,
+            PaxosResp::Peeked {
+                ballot: *ballot,
+                accepted: state.accepted,
+                value: state.value.clone(),
+            },
+        ),
         PaxosReq::Prepare { ballot, .. } => {
             if *ballot < state.promised {
                 return (
@@ -383,6 +415,7 @@ pub enum Next {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Phase {
+    Peek,
     Prepare,
     Stamping,
     Accept,
@@ -436,12 +469,20 @@ fn version_of(v: &Option<Value>) -> Option<crate::version::Version> {
 impl Proposer {
     /// A first attempt with `ballot` among `acceptors`.
     pub fn new(key: Vec<u8>, change: Change, ballot: Ballot, acceptors: Vec<NodeId>) -> Self {
+        // A read first peeks: when a majority holds the same accepted value, that
+        // value is chosen and nothing newer is, so the read needs no promise (and no
+        // acceptor writes anything).
+        let phase = if change == Change::Read {
+            Phase::Peek
+        } else {
+            Phase::Prepare
+        };
         Proposer {
             key,
             change,
             ballot,
             acceptors,
-            phase: Phase::Prepare,
+            phase,
             promises: BTreeMap::new(),
             accepts: BTreeSet::new(),
             own: Vec::new(),
@@ -496,22 +537,39 @@ impl Proposer {
         !self.own.is_empty()
     }
 
-    /// Phase 1 requests.
+    /// The first requests: peeks for a read's first attempt, prepares otherwise.
     pub fn start(&self) -> Next {
+        let key = &self.key;
+        let ballot = self.ballot;
+        let peek = self.phase == Phase::Peek;
         Next::Send(
             self.acceptors
                 .iter()
                 .map(|a| {
-                    (
-                        *a,
+                    let req = if peek {
+                        PaxosReq::Peek {
+                            key: key.clone(),
+                            ballot,
+                        }
+                    } else {
                         PaxosReq::Prepare {
-                            key: self.key.clone(),
-                            ballot: self.ballot,
-                        },
-                    )
+                            key: key.clone(),
+                            ballot,
+                        }
+                    };
+                    (*a, req)
                 })
                 .collect(),
         )
+    }
+
+    /// Whether the proposer's store holds a session write newer than `register`
+    /// (which the read must then absorb through a full round).
+    fn local_is_newer(&self, register: &Option<Value>) -> bool {
+        self.local.as_ref().is_some_and(|l| {
+            !crate::replica::is_stamp(&l.version)
+                && version_of(register).is_none_or(|r| l.version > r)
+        })
     }
 
     fn quorum(&self) -> usize {
@@ -531,6 +589,32 @@ impl Proposer {
                     return Next::Retry { above: promised };
                 }
                 Next::Wait
+            }
+            PaxosResp::Peeked {
+                ballot,
+                accepted,
+                value,
+            } if ballot == self.ballot && self.phase == Phase::Peek => {
+                self.promises.insert(from, (accepted, value));
+                if self.promises.len() < self.quorum() {
+                    return Next::Wait;
+                }
+                let first = self.promises.values().next().cloned();
+                let unanimous = self.promises.values().all(|p| Some(p) == first.as_ref());
+                let value = first.and_then(|p| p.1);
+                if unanimous && !self.local_is_newer(&value) {
+                    self.phase = Phase::Finished;
+                    let entry = value.map(|v| v.entry);
+                    return Next::Done {
+                        previous: entry.clone(),
+                        current: entry,
+                        applied: true,
+                    };
+                }
+                // Not settled: a full round.
+                self.promises.clear();
+                self.phase = Phase::Prepare;
+                self.start()
             }
             PaxosResp::Promise {
                 ballot,

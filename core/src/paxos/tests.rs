@@ -220,9 +220,11 @@ fn reads_writes_and_preconditions() {
         Next::Done { current, .. } => assert_eq!(current, Some(c)),
         other => panic!("{other:?}"),
     }
-    // A stale ballot is told to retry above the promise.
-    match run_op(&mut st, Change::Read, b(1, 3), 15) {
-        Next::Retry { above } => assert_eq!(above, b(6, 2)),
+    // ...and it peeked: no acceptor promised anything new.
+    assert!(st.iter().all(|s| s.promised == b(5, 1)));
+    // A write with a stale ballot is told to retry above the promise.
+    match run_op(&mut st, w("e", Cond::Always), b(1, 3), 15) {
+        Next::Retry { above } => assert_eq!(above, b(5, 1)),
         other => panic!("{other:?}"),
     }
 }
@@ -240,7 +242,19 @@ fn a_partially_accepted_value_is_completed_by_the_next_read() {
     // A read whose majority includes acceptor 1 adopts and completes x.
     let set = vec![1, 2, 3];
     let mut p = Proposer::new(b"k".to_vec(), Change::Read, b(3, 2), set);
-    let _ = p.start();
+    // Its peeks disagree (1 holds x, 2 nothing): a full round follows.
+    let Next::Send(peeks) = p.start() else {
+        panic!()
+    };
+    assert!(matches!(peeks[0].1, PaxosReq::Peek { .. }));
+    let peek = |s: &AcceptorState| accept_step(s, &peeks[0].1).1;
+    assert_eq!(p.on_response(1, peek(&st[0])), Next::Wait);
+    let Next::Send(prepares) = p.on_response(2, peek(&st[1])) else {
+        panic!("disagreeing peeks must lead to a full round")
+    };
+    assert!(prepares
+        .iter()
+        .all(|(_, r)| matches!(r, PaxosReq::Prepare { .. })));
     let promise = |s: &mut AcceptorState| {
         let (n, r) = accept_step(s, &prepare(b(3, 2)));
         if let Some(n) = n {
@@ -370,7 +384,7 @@ fn a_retry_that_cannot_tell_is_indeterminate() {
 fn answers_from_strangers_and_old_ballots_are_ignored() {
     let mut p = Proposer::new(b"k".to_vec(), Change::Read, b(2, 1), vec![1, 2, 3]);
     let _ = p.start();
-    let promise = |ballot| PaxosResp::Promise {
+    let promise = |ballot| PaxosResp::Peeked {
         ballot,
         accepted: Ballot::ZERO,
         value: None,
