@@ -6,7 +6,8 @@
 #      seed's sizes, asserting: no acknowledged write lost; identical stores within
 #      the bound after every fault; zero chain breaks and stale reads without faults
 #      when the session token is sent
-#   4. the same tests with plain clients (no token) at the linearizable level,
+#   4. the same tests, and `concurrent` (6 clients on 3 shared keys through a crash
+#      and a partition), with plain clients (no token) at the linearizable level,
 #      asserting also: zero chain breaks, zero stale reads and a linearizable
 #      history in every test, faults or not
 #   5. the checker itself: it passes the recorded history and flags deliberately
@@ -60,7 +61,7 @@ rm -rf "$out"
 rc=0; "$here/faults.sh" --no-build --size "$size" --out "$out" || rc=$?; result "fault suite (5 tests + no-session variants)" "$rc"
 
 section "fault suite: plain clients at the linearizable level, size $size"
-rc=0; "$here/faults.sh" --no-build --size "$size" --out "$out/linearizable" -- --consistency linearizable --no-session || rc=$?
+rc=0; "$here/faults.sh" --no-build --size "$size" --out "$out/linearizable" -- --consistency linearizable --no-session concurrent || rc=$?
 result "fault suite at the linearizable level (plain clients)" "$rc"
 
 section "the checker flags broken histories"

@@ -33,7 +33,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run tests: throughput, base, failure, partition, stress (`all` = these five),
-    /// and the no-session variants base-nosession, stress-nosession.
+    /// the no-session variants base-nosession, stress-nosession, and concurrent (6
+    /// clients on 3 shared keys through a crash and a partition).
     Run(Box<RunArgs>),
     /// Check a recorded history (<test>.history.json): chain breaks, stale reads,
     /// lost writes. Exits 1 when it finds any.
@@ -157,7 +158,7 @@ struct RunArgs {
 }
 
 const FIVE: [&str; 5] = ["throughput", "base", "failure", "partition", "stress"];
-const ALL: [&str; 7] = [
+const ALL: [&str; 8] = [
     "throughput",
     "base",
     "failure",
@@ -165,6 +166,7 @@ const ALL: [&str; 7] = [
     "stress",
     "base-nosession",
     "stress-nosession",
+    "concurrent",
 ];
 
 fn unix_now() -> u64 {
@@ -319,6 +321,7 @@ async fn run(a: RunArgs) -> Result<bool, String> {
                     .consistency("stress", Fault::Partition, cfg.session)
                     .await
             }
+            "concurrent" => suite.concurrent().await,
             "base-nosession" => {
                 suite
                     .consistency("base-nosession", Fault::None, false)

@@ -507,6 +507,119 @@ impl Suite {
         self.finish(&h, o, dur)
     }
 
+    /// Test `concurrent`: 6 clients read and write 3 shared keys through random
+    /// servers while one server is crashed and restarted, then the servers are
+    /// partitioned and healed. Keys have many writers, so there is no chain to check:
+    /// the history is judged for linearizability (asserted at the linearizable level).
+    pub async fn concurrent(&self) -> Outcome {
+        const CLIENTS: usize = 6;
+        const KEYS: usize = 3;
+        let n = self.n();
+        let per_client = self.sizes.writes.max(50);
+        let cfg = Arc::new(self.cfg.clone());
+        let keys: Vec<String> = (0..KEYS).map(|k| self.key("concurrent", k)).collect();
+        let total = (CLIENTS * per_client) as u64;
+        let t0 = Instant::now();
+        let rec = Arc::new(Recorder::new(t0));
+        let progress = Progress::start("concurrent", total);
+        // Clients go on (up to 4x their share) until both faults are over.
+        let faults_over = Arc::new(AtomicBool::new(false));
+        let mut handles = Vec::new();
+        for c in 0..CLIENTS {
+            let (cfg, progress, keys, over) = (
+                cfg.clone(),
+                progress.clone(),
+                keys.clone(),
+                faults_over.clone(),
+            );
+            handles.push(tokio::spawn(async move {
+                let mut client = KvClient::new(cfg, c, t0);
+                let mut rng = rand::rngs::StdRng::seed_from_u64(c as u64 + 1);
+                let mut ops = Vec::with_capacity(per_client);
+                let mut i = 0;
+                while i < per_client || (!over.load(Relaxed) && i < 4 * per_client) {
+                    let key = &keys[rng.gen_range(0..keys.len())];
+                    let server = rng.gen_range(0..n);
+                    let op = if rng.gen_bool(0.5) {
+                        let v = format!("{key}-c{c}-{i}");
+                        client.run(OpKind::Put, key, Some(&v), server).await
+                    } else {
+                        client.run(OpKind::Get, key, None, server).await
+                    };
+                    progress.inc(op.ok);
+                    ops.push(op);
+                    i += 1;
+                }
+                ops
+            }));
+        }
+        let workers_done = Arc::new(AtomicBool::new(false));
+        let driver = {
+            let (suite, rec, progress, done, over) = (
+                self.clone(),
+                rec.clone(),
+                progress.clone(),
+                workers_done.clone(),
+                faults_over.clone(),
+            );
+            tokio::spawn(async move {
+                let kill = suite
+                    .fault_window(Fault::Kill, &rec, &progress, &done)
+                    .await;
+                let part = suite
+                    .fault_window(Fault::Partition, &rec, &progress, &done)
+                    .await;
+                over.store(true, Relaxed);
+                kill.and(part)
+            })
+        };
+        let ops = gather(handles).await;
+        workers_done.store(true, Relaxed);
+        let fault_result = driver
+            .await
+            .unwrap_or_else(|e| Err(format!("fault task: {e}")));
+        let dur = t0.elapsed().as_secs_f64();
+        progress.finish();
+        let all: Vec<usize> = (0..n).collect();
+        let conv = self.converge(&keys, &all, Instant::now()).await;
+        rec.event("converged", if conv.converged { "" } else { "(not)" });
+        let mut o = Outcome {
+            test: "concurrent".into(),
+            description: format!(
+                "{CLIENTS} clients, {KEYS} shared keys, random servers; server {} crashed and restarted, then {{{}}}|{{{}}} partitioned and healed",
+                self.kill_node,
+                ids(&self.group_a),
+                ids(&self.group_b)
+            ),
+            session: self.cfg.session,
+            consistency: self.cfg.level.clone(),
+            ..Default::default()
+        };
+        let h = self.judge(&mut o, ops, rec.events(), &conv, false);
+        if let Err(e) = fault_result {
+            o.assert("faults injected", false, e);
+        }
+        if self.cfg.level == "linearizable" {
+            o.assert(
+                "stale reads zero (linearizable)",
+                o.stale_reads == Some(0),
+                format!("{} stale reads", o.stale_reads.unwrap_or(0)),
+            );
+            let verdict = o.linearizable.clone().unwrap_or_default();
+            o.assert("history linearizable", verdict == "yes", verdict);
+            let served = h.ops.iter().filter(|op| op.ok).count();
+            o.details.insert(
+                "served".into(),
+                format!(
+                    "{served} of {} requests ({:.2} %)",
+                    h.ops.len(),
+                    100.0 * served as f64 / h.ops.len().max(1) as f64
+                ),
+            );
+        }
+        self.finish(&h, o, dur)
+    }
+
     /// Inject a fault once a third of the requests are done; end it at two thirds
     /// (but no sooner than `fault_min`, no later than `fault_max`, and at once when
     /// the workers are done).
