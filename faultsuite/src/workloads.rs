@@ -85,6 +85,25 @@ pub enum Fault {
     Partition,
 }
 
+/// At the linearizable level: no broken chain (where measured), no stale read, and a
+/// linearizable history, whatever the faults.
+fn assert_linearizable(o: &mut Outcome) {
+    if let Some(breaks) = o.chain_breaks {
+        o.assert(
+            "chain breaks zero (linearizable)",
+            breaks == 0,
+            format!("{breaks} breaks"),
+        );
+    }
+    o.assert(
+        "stale reads zero (linearizable)",
+        o.stale_reads == Some(0),
+        format!("{} stale reads", o.stale_reads.unwrap_or(0)),
+    );
+    let verdict = o.linearizable.clone().unwrap_or_default();
+    o.assert("history linearizable", verdict == "yes", verdict);
+}
+
 fn ids(v: &[usize]) -> String {
     v.iter()
         .map(|i| i.to_string())
@@ -448,19 +467,7 @@ impl Suite {
             o.assert("faults injected", false, e);
         }
         if self.cfg.level == "linearizable" {
-            // Linearizable requests: no stale or broken answer whatever the faults.
-            o.assert(
-                "chain breaks zero (linearizable)",
-                o.chain_breaks == Some(0),
-                format!("{} breaks", o.chain_breaks.unwrap_or(0)),
-            );
-            o.assert(
-                "stale reads zero (linearizable)",
-                o.stale_reads == Some(0),
-                format!("{} stale reads", o.stale_reads.unwrap_or(0)),
-            );
-            let verdict = o.linearizable.clone().unwrap_or_default();
-            o.assert("history linearizable", verdict == "yes", verdict);
+            assert_linearizable(&mut o);
         }
         if fault == Fault::None && session {
             o.assert(
@@ -600,13 +607,7 @@ impl Suite {
             o.assert("faults injected", false, e);
         }
         if self.cfg.level == "linearizable" {
-            o.assert(
-                "stale reads zero (linearizable)",
-                o.stale_reads == Some(0),
-                format!("{} stale reads", o.stale_reads.unwrap_or(0)),
-            );
-            let verdict = o.linearizable.clone().unwrap_or_default();
-            o.assert("history linearizable", verdict == "yes", verdict);
+            assert_linearizable(&mut o);
             let served = h.ops.iter().filter(|op| op.ok).count();
             o.details.insert(
                 "served".into(),

@@ -1571,17 +1571,7 @@ async fn linearizable(app: &App, key: Vec<u8>, change: Change, is_put: bool) -> 
                 value: Some(value),
                 version,
                 ..
-            }) => {
-                let mut r = (
-                    StatusCode::OK,
-                    [(header::CONTENT_TYPE, "application/octet-stream")],
-                    value,
-                )
-                    .into_response();
-                r.headers_mut()
-                    .insert(VERSION_HEADER, version_value(&version));
-                r
-            }
+            }) => found(value, &version),
             other => {
                 let mut r = reason(StatusCode::NOT_FOUND, "ERR_KEY");
                 if let Some(e) = other {
@@ -1736,6 +1726,19 @@ async fn wait_for_commit(deadline: tokio::time::Instant, app: &App) -> bool {
     true
 }
 
+/// `200` with the value read and its version.
+fn found(value: Vec<u8>, version: &Version) -> Response {
+    let mut r = (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/octet-stream")],
+        value,
+    )
+        .into_response();
+    r.headers_mut()
+        .insert(VERSION_HEADER, version_value(version));
+    r
+}
+
 fn err_dep() -> Response {
     reason(StatusCode::PRECONDITION_FAILED, "ERR_DEP")
 }
@@ -1744,17 +1747,7 @@ async fn read(app: &App, key: Vec<u8>, after: Option<Version>, wait: Duration) -
     match read_checked(app, &key, after, wait).await {
         Err(e) => server_error(e),
         Ok(Waited::Dep) => err_dep(),
-        Ok(Waited::Ready(ReadOutcome::Found { value, version })) => {
-            let mut r = (
-                StatusCode::OK,
-                [(header::CONTENT_TYPE, "application/octet-stream")],
-                value,
-            )
-                .into_response();
-            r.headers_mut()
-                .insert(VERSION_HEADER, version_value(&version));
-            r
-        }
+        Ok(Waited::Ready(ReadOutcome::Found { value, version })) => found(value, &version),
         Ok(Waited::Ready(ReadOutcome::Missing { version })) => {
             let mut r = reason(StatusCode::NOT_FOUND, "ERR_KEY");
             if let Some(v) = version {

@@ -173,7 +173,6 @@ pub fn run(config: Config) -> Report {
             last_read: BTreeMap::new(),
         })
         .collect();
-    let key_of = |k: usize| format!("k{k}").into_bytes();
     let mut ts = 0u64;
     let mut values = 0u64;
     let mut completed = 0u64;
@@ -313,11 +312,9 @@ pub fn run(config: Config) -> Report {
                 net.retain(|p| p.to != a && p.from != a);
                 // Its clients' operations are abandoned: indeterminate.
                 for c in clients.iter_mut().filter(|c| c.server == a) {
-                    if let Some(r) = c.running.take() {
+                    if abandon(c, &mut history) {
                         faults.abandoned += 1;
                         indeterminate += 1;
-                        c.done += 1;
-                        record(&mut history, &key_of(r.key), r, None);
                     }
                 }
                 memory[a] = if config.plant == Some(Plant::Volatile) {
@@ -349,14 +346,9 @@ pub fn run(config: Config) -> Report {
         // A stuck operation (all its messages lost) is abandoned after a while.
         for c in clients.iter_mut() {
             let stuck = c.running.as_ref().is_some_and(|r| now - r.invoke > 2_000);
-            if stuck {
-                if let Some(run) = c.running.take() {
-                    faults.abandoned += 1;
-                    indeterminate += 1;
-                    c.done += 1;
-                    let key = key_of(run.key);
-                    record(&mut history, &key, run, None);
-                }
+            if stuck && abandon(c, &mut history) {
+                faults.abandoned += 1;
+                indeterminate += 1;
             }
         }
 
@@ -459,11 +451,8 @@ pub fn run(config: Config) -> Report {
                         }
                         Next::Indeterminate => {
                             faults.indeterminate += 1;
-                            if let Some(run) = c.running.take() {
+                            if abandon(c, &mut history) {
                                 indeterminate += 1;
-                                c.done += 1;
-                                let key = key_of(run.key);
-                                record(&mut history, &key, run, None);
                             }
                             break;
                         }
@@ -506,12 +495,9 @@ pub fn run(config: Config) -> Report {
                             faults.retry += 1;
                             let s = c.server;
                             if r.attempts >= 20 {
-                                if let Some(run) = c.running.take() {
+                                if abandon(c, &mut history) {
                                     faults.abandoned += 1;
                                     indeterminate += 1;
-                                    c.done += 1;
-                                    let key = key_of(run.key);
-                                    record(&mut history, &key, run, None);
                                 }
                                 break;
                             }
@@ -558,6 +544,22 @@ pub fn run(config: Config) -> Report {
         violations,
         history,
     }
+}
+
+/// Give up `c`'s running operation: recorded without an answer. False when none ran.
+fn abandon(c: &mut Client, history: &mut Vec<(Vec<u8>, HOp)>) -> bool {
+    let Some(run) = c.running.take() else {
+        return false;
+    };
+    c.done += 1;
+    let key = key_of(run.key);
+    record(history, &key, run, None);
+    true
+}
+
+/// The name of key number `k`.
+fn key_of(k: usize) -> Vec<u8> {
+    format!("k{k}").into_bytes()
 }
 
 fn merge_into(store: &mut BTreeMap<Vec<u8>, Entry>, key: &[u8], e: &Entry) {
