@@ -36,11 +36,13 @@ step() { # NAME CMD...: passes when CMD exits 0
 }
 
 # A plain HTTP request from the workstation with bash's /dev/tcp. Prints
-# "STATUS BODY". Arguments: NODE METHOD PATH [BODY].
+# "STATUS BODY". Arguments: NODE METHOD PATH [BODY]. At the session level: this
+# checks the available (AP) path through a partition, which the default
+# linearizable level refuses on a side without a majority of a key's acceptors.
 http() {
   ws timeout 5 bash -c '
     exec 3<>"/dev/tcp/10.77.0.$(($1 + 1))/8000" || exit 4
-    printf "%s %s HTTP/1.0\r\nHost: n\r\nContent-Length: %s\r\n\r\n%s" "$2" "$3" "${#4}" "$4" >&3
+    printf "%s %s HTTP/1.0\r\nHost: n\r\nX-Meshkv-Consistency: session\r\nContent-Length: %s\r\n\r\n%s" "$2" "$3" "${#4}" "$4" >&3
     IFS=" " read -r _ status _ <&3
     while IFS= read -r line <&3 && [ "${line%$'"'"'\r'"'"'}" != "" ]; do :; done
     body=$(cat <&3)
