@@ -925,6 +925,32 @@ impl Replica {
             .collect()
     }
 
+    /// Up to `limit` live client entries with keys in `[start, end)` (`end` `None`:
+    /// unbounded), in key-byte order, as `(key, value, version)`; with `keys_only` the
+    /// values are left out (`None`). Tombstones and reserved keys are skipped.
+    pub fn scan(
+        &self,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+        keys_only: bool,
+    ) -> Vec<(Vec<u8>, Option<Vec<u8>>, Version)> {
+        use std::ops::Bound;
+        if end.is_some_and(|e| e <= start) {
+            return Vec::new();
+        }
+        let hi = end.map_or(Bound::Unbounded, Bound::Excluded);
+        self.store
+            .range::<[u8], _>((Bound::Included(start), hi))
+            .filter(|(k, _)| !is_reserved(k))
+            .filter_map(|(k, e)| {
+                let v = e.value.as_ref()?;
+                Some((k.clone(), (!keys_only).then(|| v.clone()), e.version))
+            })
+            .take(limit)
+            .collect()
+    }
+
     /// Number of keys held, tombstones included.
     pub fn len(&self) -> usize {
         self.store.len()

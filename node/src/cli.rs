@@ -435,14 +435,37 @@ impl Conn {
         self.send.is_closed()
     }
 
-    /// Send one request and read the whole answer (bounded by the client's timeout).
-    pub async fn send(
+    /// Send one request and return its status and body as it streams (the head is
+    /// bounded by the client's timeout, the body is not).
+    pub async fn stream(
         &mut self,
         method: Method,
         path: &str,
         headers: &[(&str, String)],
+    ) -> Result<(u16, hyper::body::Incoming), CallError> {
+        let req = self.build(method, path, headers, Bytes::new())?;
+        let limit = self.timeout;
+        let fut = async {
+            if let Err(e) = self.send.ready().await {
+                return Err(self.io_error(e).await);
+            }
+            match self.send.send_request(req).await {
+                Ok(r) => Ok((r.status().as_u16(), r.into_body())),
+                Err(e) => Err(self.io_error(e).await),
+            }
+        };
+        tokio::time::timeout(limit, fut)
+            .await
+            .map_err(|_| CallError::Io(format!("timed out after {limit:?}")))?
+    }
+
+    fn build(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, String)],
         body: Bytes,
-    ) -> Result<Reply, CallError> {
+    ) -> Result<hyper::Request<Full<Bytes>>, CallError> {
         let mut b = hyper::Request::builder()
             .method(method)
             .uri(path)
@@ -457,9 +480,19 @@ impl Conn {
                 .map_err(|e| CallError::Build(format!("header {k:?}: {e}")))?;
             b = b.header(name, value);
         }
-        let req = b
-            .body(Full::new(body))
-            .map_err(|e| CallError::Build(e.to_string()))?;
+        b.body(Full::new(body))
+            .map_err(|e| CallError::Build(e.to_string()))
+    }
+
+    /// Send one request and read the whole answer (bounded by the client's timeout).
+    pub async fn send(
+        &mut self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, String)],
+        body: Bytes,
+    ) -> Result<Reply, CallError> {
+        let req = self.build(method, path, headers, body)?;
         let limit = self.timeout;
         let fut = async {
             if let Err(e) = self.send.ready().await {
@@ -731,6 +764,18 @@ impl Ctx {
             headers.push((CONSISTENCY_HEADER, level.clone()));
         }
         headers.extend(extra.iter().cloned());
+        self.request(method, &path, &headers, body).await
+    }
+
+    /// Send a request to the first endpoint that answers it (failing over on
+    /// connection errors, `ERR_DEP` and `503`).
+    async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, String)],
+        body: Bytes,
+    ) -> Answer {
         // A server catching up after its start answers 503 ERR_NOT_READY with a
         // retry hint: when that is all we hear, try the round again for a while.
         let give_up = tokio::time::Instant::now() + NOT_READY_PATIENCE;
@@ -741,7 +786,7 @@ impl Ctx {
             for ep in &self.endpoints {
                 match self
                     .client
-                    .call(ep, method.clone(), &path, &headers, body.clone())
+                    .call(ep, method.clone(), path, headers, body.clone())
                     .await
                 {
                     Err(e) => errs.push(format!("{ep}: {e}")),
@@ -845,6 +890,253 @@ pub async fn get(args: &ClientArgs, key: &[u8], raw: bool) -> u8 {
                     ))
                 }
                 _ => Err(refused(&ep, &r)),
+            }
+        }
+        .await,
+    )
+}
+
+/// How `ls` and `watch` print.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    /// `KEY` (or `KEY<TAB>VALUE` with values) per line; `watch`: `put KEY VALUE` /
+    /// `delete KEY` / `reset` per line.
+    Text,
+    /// One JSON object per line, keys and values percent-encoded as the server sends.
+    Json,
+}
+
+/// A listing page's item or a watch event's data, as the server sends it.
+#[derive(Debug, Deserialize, Serialize)]
+struct Item {
+    key: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    value: Option<String>,
+    version: String,
+}
+
+#[derive(Deserialize)]
+struct Page {
+    items: Vec<Item>,
+    more: bool,
+    next: Option<String>,
+}
+
+fn decoded(s: &str, what: &str) -> Result<Vec<u8>, Fail> {
+    decode_key(s).map_err(|e| Fail(exit::REFUSED, format!("server sent a bad {what}: {e}")))
+}
+
+/// `meshkv ls [PREFIX]`: every live key under PREFIX, following the pages to the end.
+pub async fn ls(args: &ClientArgs, prefix: &[u8], values: bool, out: Output) -> u8 {
+    finish(
+        async {
+            let ctx = args.ctx()?;
+            let mut headers = Vec::new();
+            if let Some(level) = &ctx.consistency {
+                headers.push((CONSISTENCY_HEADER, level.clone()));
+            }
+            let keys_only = !values && out == Output::Text;
+            let mut start: Option<String> = None;
+            loop {
+                let mut path = format!("/kv?prefix={}&limit=1000", encode_key(prefix));
+                if keys_only {
+                    path.push_str("&keys_only=true");
+                }
+                if let Some(s) = &start {
+                    path.push_str(&format!("&start={s}"));
+                }
+                let (ep, r) = settle(
+                    ctx.request(Method::GET, &path, &headers, Bytes::new())
+                        .await,
+                    prefix,
+                )?;
+                if r.status != 200 {
+                    return Err(refused(&ep, &r));
+                }
+                let page: Page = serde_json::from_slice(&r.body)
+                    .map_err(|e| Fail(exit::REFUSED, format!("{ep} sent a bad listing: {e}")))?;
+                let mut buf = Vec::new();
+                for item in &page.items {
+                    match out {
+                        Output::Json => {
+                            let line = serde_json::to_string(item)
+                                .map_err(|e| Fail(exit::LOCAL, e.to_string()))?;
+                            buf.extend_from_slice(line.as_bytes());
+                        }
+                        Output::Text => {
+                            buf.extend(decoded(&item.key, "key")?);
+                            if let (true, Some(v)) = (values, &item.value) {
+                                buf.push(b'\t');
+                                buf.extend(decoded(v, "value")?);
+                            }
+                        }
+                    }
+                    buf.push(b'\n');
+                }
+                if !write_out_or_closed(&buf)? {
+                    return Ok(exit::OK);
+                }
+                match (page.more, page.next) {
+                    (true, Some(n)) => start = Some(n),
+                    _ => return Ok(exit::OK),
+                }
+            }
+        }
+        .await,
+    )
+}
+
+/// Write to stdout; `Ok(false)` when stdout was closed (a pipe's reader left:
+/// not an error, the command just stops).
+fn write_out_or_closed(bytes: &[u8]) -> Result<bool, Fail> {
+    let mut o = std::io::stdout().lock();
+    match o.write_all(bytes).and_then(|_| o.flush()) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
+        Err(e) => Err(Fail(exit::LOCAL, format!("cannot write to stdout: {e}"))),
+    }
+}
+
+/// One Server-Sent Event.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct SseEvent {
+    /// `event:` (empty: `message`).
+    pub event: String,
+    /// `id:`.
+    pub id: Option<String>,
+    /// `data:` lines, joined by `\n`.
+    pub data: String,
+}
+
+/// Splits a byte stream into Server-Sent Events (the text/event-stream format).
+#[derive(Debug, Default)]
+pub struct SseParser {
+    buf: Vec<u8>,
+    cur: SseEvent,
+    has_data: bool,
+}
+
+impl SseParser {
+    /// Feed bytes; returns the events completed by them.
+    pub fn feed(&mut self, bytes: &[u8]) -> Vec<SseEvent> {
+        self.buf.extend_from_slice(bytes);
+        let mut out = Vec::new();
+        while let Some(nl) = self.buf.iter().position(|&b| b == b'\n') {
+            let mut line: Vec<u8> = self.buf.drain(..=nl).collect();
+            line.pop();
+            if line.last() == Some(&b'\r') {
+                line.pop();
+            }
+            let line = String::from_utf8_lossy(&line).into_owned();
+            if line.is_empty() {
+                if self.has_data || !self.cur.event.is_empty() {
+                    out.push(std::mem::take(&mut self.cur));
+                }
+                self.has_data = false;
+                continue;
+            }
+            if line.starts_with(':') {
+                continue;
+            }
+            let (field, value) = line.split_once(':').unwrap_or((&line, ""));
+            let value = value.strip_prefix(' ').unwrap_or(value);
+            match field {
+                "event" => self.cur.event = value.to_string(),
+                "id" => self.cur.id = Some(value.to_string()),
+                "data" => {
+                    if self.has_data {
+                        self.cur.data.push('\n');
+                    }
+                    self.cur.data.push_str(value);
+                    self.has_data = true;
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+}
+
+/// `meshkv watch [PREFIX]`: print every change under PREFIX as the server applies it,
+/// until interrupted; on a broken connection, resume from the last event's id
+/// through the next endpoint.
+pub async fn watch(args: &ClientArgs, prefix: &[u8], after: Option<String>, out: Output) -> u8 {
+    finish(
+        async {
+            let ctx = args.ctx()?;
+            let mut last = after;
+            let mut failures = 0usize;
+            loop {
+                let mut path = format!("/watch?prefix={}", encode_key(prefix));
+                if let Some(a) = &last {
+                    path.push_str(&format!("&after={}", encode_key(a.as_bytes())));
+                }
+                let ep = &ctx.endpoints[failures % ctx.endpoints.len()];
+                let stream = async {
+                    let mut conn = ctx.client.connect(ep).await?;
+                    conn.stream(Method::GET, &path, &[]).await
+                };
+                let (status, mut body) = match stream.await {
+                    Ok(x) => x,
+                    Err(e) => {
+                        failures += 1;
+                        if failures >= 3 * ctx.endpoints.len() {
+                            return Err(Fail(exit::UNREACHABLE, format!("unreachable: {ep}: {e}")));
+                        }
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        continue;
+                    }
+                };
+                if status != 200 {
+                    let text = match body.collect().await {
+                        Ok(b) => String::from_utf8_lossy(&b.to_bytes()).into_owned(),
+                        Err(e) => e.to_string(),
+                    };
+                    return Err(Fail(
+                        exit::REFUSED,
+                        format!("{ep} refused: {status} {}", text.lines().next().unwrap_or("")),
+                    ));
+                }
+                failures = 0;
+                let mut parser = SseParser::default();
+                while let Some(frame) = body.frame().await {
+                    let Ok(frame) = frame else { break };
+                    let Some(data) = frame.data_ref() else { continue };
+                    for ev in parser.feed(data) {
+                        if ev.id.is_some() {
+                            last = ev.id.clone();
+                        }
+                        let mut line = Vec::new();
+                        match out {
+                            Output::Json => {
+                                let data: serde_json::Value =
+                                    serde_json::from_str(&ev.data).unwrap_or(serde_json::Value::Null);
+                                let v = serde_json::json!({"event": ev.event, "id": ev.id, "data": data});
+                                line.extend(v.to_string().into_bytes());
+                            }
+                            Output::Text if ev.event == "reset" => line.extend(b"reset"),
+                            Output::Text => {
+                                let item: Item = serde_json::from_str(&ev.data).map_err(|e| {
+                                    Fail(exit::REFUSED, format!("{ep} sent a bad event: {e}"))
+                                })?;
+                                line.extend(ev.event.as_bytes());
+                                line.push(b' ');
+                                line.extend(decoded(&item.key, "key")?);
+                                if let Some(v) = &item.value {
+                                    line.push(b' ');
+                                    line.extend(decoded(v, "value")?);
+                                }
+                            }
+                        }
+                        line.push(b'\n');
+                        if !write_out_or_closed(&line)? {
+                            return Ok(exit::OK);
+                        }
+                    }
+                }
+                // The stream ended (the server stopped or the link broke): go on
+                // through the next endpoint from the last id.
+                failures += 1;
             }
         }
         .await,

@@ -114,12 +114,19 @@ pub enum Consistency {
     Linearizable,
 }
 
-impl std::fmt::Display for Consistency {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
+impl Consistency {
+    /// Its wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
             Consistency::Session => "session",
             Consistency::Linearizable => "linearizable",
-        })
+        }
+    }
+}
+
+impl std::fmt::Display for Consistency {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -1071,6 +1078,7 @@ fn router(app: Shared) -> Router {
         .route("/kv", any(kv))
         .route("/kv/", any(kv))
         .route("/kv/{*key}", any(kv))
+        .route("/watch", any(watch))
         .route("/health", any(health))
         .route("/health/live", any(health))
         .route("/health/ready", any(health_ready))
@@ -1405,7 +1413,13 @@ async fn kv(State(app): State<Shared>, req: Request) -> Response {
         Err(e) => return reason(StatusCode::BAD_REQUEST, &e),
     };
     if key.is_empty() {
-        return reason(StatusCode::BAD_REQUEST, "empty key: use /kv/{key}");
+        if matches!(method, Method::GET | Method::HEAD) {
+            return list(&app, &req);
+        }
+        return reason(
+            StatusCode::BAD_REQUEST,
+            "empty key: use /kv/{key} (GET /kv?prefix=... lists keys)",
+        );
     }
     if key.len() > max_key {
         return reason(
@@ -1425,6 +1439,22 @@ async fn kv(State(app): State<Shared>, req: Request) -> Response {
             Ok(x) => x,
             Err(e) => return reason(StatusCode::BAD_REQUEST, &e),
         };
+    let mut r = serve_kv(&app, req, key, method, (after, wait), (level, cond)).await;
+    // Every answer names the level it was served at, so a client learns the default.
+    r.headers_mut()
+        .insert(CONSISTENCY_HEADER, HeaderValue::from_static(level.as_str()));
+    r
+}
+
+/// A `/kv/{key}` request, once parsed.
+async fn serve_kv(
+    app: &App,
+    req: Request,
+    key: Vec<u8>,
+    method: Method,
+    (after, wait): (Option<Version>, Duration),
+    (level, cond): (Consistency, Cond),
+) -> Response {
     // A request willing to wait for replication also waits for the catch-up.
     if !app.server.is_ready() && !app.server.wait_ready(wait).await {
         return not_ready();
@@ -1434,7 +1464,7 @@ async fn kv(State(app): State<Shared>, req: Request) -> Response {
             Method::GET | Method::HEAD => Change::Read,
             Method::DELETE => Change::Write { value: None, cond },
             _ => {
-                let value = match read_body(&app, req).await {
+                let value = match read_body(app, req).await {
                     Ok(v) => v,
                     Err(r) => return r,
                 };
@@ -1444,19 +1474,315 @@ async fn kv(State(app): State<Shared>, req: Request) -> Response {
                 }
             }
         };
-        return linearizable(&app, key, change, method == Method::PUT).await;
+        return linearizable(app, key, change, method == Method::PUT).await;
     }
     match method {
-        Method::GET | Method::HEAD => read(&app, key, after, wait).await,
-        Method::DELETE => write(&app, key, None, after, wait, false).await,
+        Method::GET | Method::HEAD => read(app, key, after, wait).await,
+        Method::DELETE => write(app, key, None, after, wait, false).await,
         _ => {
-            let value = match read_body(&app, req).await {
+            let value = match read_body(app, req).await {
                 Ok(v) => v,
                 Err(r) => return r,
             };
-            write(&app, key, Some(value), after, wait, true).await
+            write(app, key, Some(value), after, wait, true).await
         }
     }
+}
+
+/// Entries per listing page by default, and at most.
+pub const LIST_DEFAULT: usize = 1000;
+/// See [`LIST_DEFAULT`].
+pub const LIST_MAX: usize = 10_000;
+/// Response header of a listing: the id of the last change in this server's feed
+/// before the listing was read; `GET /watch?after=<it>` then misses nothing.
+pub const WATCH_ID_HEADER: &str = "x-meshkv-watch-id";
+
+/// The query of a listing (`GET /kv?...`) or a watch (`GET /watch?...`).
+#[derive(Default)]
+struct RangeQuery {
+    prefix: Vec<u8>,
+    start: Option<Vec<u8>>,
+    end: Option<Vec<u8>>,
+    limit: Option<usize>,
+    keys_only: bool,
+    after: Option<String>,
+}
+
+impl RangeQuery {
+    /// The half-open key range `[lo, hi)` it asks for (`hi` `None`: unbounded).
+    fn bounds(&self) -> (Vec<u8>, Option<Vec<u8>>) {
+        let lo = match &self.start {
+            Some(s) if *s > self.prefix => s.clone(),
+            _ => self.prefix.clone(),
+        };
+        let past_prefix = prefix_end(&self.prefix);
+        let hi = match (&self.end, past_prefix) {
+            (Some(e), Some(p)) => Some(e.clone().min(p)),
+            (Some(e), None) => Some(e.clone()),
+            (None, p) => p,
+        };
+        (lo, hi)
+    }
+}
+
+/// The first key after every key starting with `prefix` (`None`: there is none).
+fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut p = prefix.to_vec();
+    while let Some(last) = p.pop() {
+        if last < 0xff {
+            p.push(last + 1);
+            return Some(p);
+        }
+    }
+    None
+}
+
+/// Parse the query of a listing or watch: `known` names the parameters allowed.
+fn range_query(req: &Request, known: &[&str], max_key: usize) -> Result<RangeQuery, String> {
+    let mut q = RangeQuery::default();
+    let mut seen = Vec::new();
+    for pair in req.uri().query().unwrap_or("").split('&') {
+        if pair.is_empty() {
+            continue;
+        }
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if !known.contains(&name) {
+            return Err(format!(
+                "unknown query parameter {name:?} (known: {})",
+                known.join(", ")
+            ));
+        }
+        if seen.contains(&name) {
+            return Err(format!("query parameter {name:?} given twice"));
+        }
+        seen.push(name);
+        let bytes = |what: &str| -> Result<Vec<u8>, String> {
+            let b = decode_key(value).map_err(|e| format!("{what}: {e}"))?;
+            if b.len() > max_key {
+                return Err(format!(
+                    "{what} of {} bytes exceeds the {max_key}-byte key limit",
+                    b.len()
+                ));
+            }
+            Ok(b)
+        };
+        match name {
+            "prefix" => q.prefix = bytes("prefix")?,
+            "start" => q.start = Some(bytes("start")?),
+            "end" => q.end = Some(bytes("end")?),
+            "limit" => {
+                let n = value
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=LIST_MAX).contains(n))
+                    .ok_or_else(|| format!("limit {value:?}: want 1 to {LIST_MAX}"))?;
+                q.limit = Some(n);
+            }
+            "keys_only" => {
+                q.keys_only = match value {
+                    "true" | "1" | "" => true,
+                    "false" | "0" => false,
+                    v => return Err(format!("keys_only {v:?}: want true or false")),
+                }
+            }
+            "consistency" if value.parse::<Consistency>()? != Consistency::Session => {
+                return Err(LIST_LEVEL.into());
+            }
+            "after" => {
+                let b = decode_key(value).map_err(|e| format!("after: {e}"))?;
+                q.after =
+                    Some(String::from_utf8(b).map_err(|_| "after: not UTF-8 (want an event id)")?);
+            }
+            _ => {}
+        }
+    }
+    if let Some(h) = header_str(req.headers(), CONSISTENCY_HEADER)? {
+        let h = h
+            .trim()
+            .parse::<Consistency>()
+            .map_err(|e| format!("header {CONSISTENCY_HEADER}: {e}"))?;
+        if h != Consistency::Session {
+            return Err(LIST_LEVEL.into());
+        }
+    }
+    Ok(q)
+}
+
+const LIST_LEVEL: &str = "listings and watches are served at the session level (a snapshot of one server's store): drop consistency=linearizable";
+
+/// `GET /kv?prefix=P&start=A&end=B&limit=N&keys_only=true`: one page of live keys in
+/// byte order, as JSON, from one snapshot of this server's store.
+fn list(app: &App, req: &Request) -> Response {
+    let q = match range_query(
+        req,
+        &[
+            "prefix",
+            "start",
+            "end",
+            "limit",
+            "keys_only",
+            "consistency",
+        ],
+        app.opts.max_key,
+    ) {
+        Ok(q) => q,
+        Err(e) => return reason(StatusCode::BAD_REQUEST, &e),
+    };
+    if !app.server.is_ready() {
+        return not_ready();
+    }
+    let limit = q.limit.unwrap_or(LIST_DEFAULT);
+    let (lo, hi) = q.bounds();
+    // The feed position first: a change after it may also be in the listing (seen
+    // twice by a watcher starting there), never missed.
+    let feed = app.server.feed();
+    let watch_id = feed.id(feed.last());
+    let mut rows = app.server.list(&lo, hi.as_deref(), limit + 1, q.keys_only);
+    let more = rows.len() > limit;
+    rows.truncate(limit);
+    let next = match rows.last() {
+        Some((k, _, _)) if more => {
+            let mut n = k.clone();
+            n.push(0);
+            serde_json::Value::String(encode_key(&n))
+        }
+        _ => serde_json::Value::Null,
+    };
+    let items: Vec<serde_json::Value> = rows
+        .into_iter()
+        .map(|(k, v, version)| {
+            let mut o = serde_json::Map::new();
+            o.insert("key".into(), encode_key(&k).into());
+            if let Some(v) = v {
+                o.insert("value".into(), encode_key(&v).into());
+            }
+            o.insert("version".into(), version.to_string().into());
+            serde_json::Value::Object(o)
+        })
+        .collect();
+    let body = serde_json::json!({ "items": items, "more": more, "next": next });
+    let mut r = (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        format!("{body}\n"),
+    )
+        .into_response();
+    let h = r.headers_mut();
+    h.insert(
+        CONSISTENCY_HEADER,
+        HeaderValue::from_static(Consistency::Session.as_str()),
+    );
+    if let Ok(v) = HeaderValue::from_str(&watch_id) {
+        h.insert(WATCH_ID_HEADER, v);
+    }
+    r
+}
+
+/// What a watch stream holds between events.
+struct Watching {
+    app: Shared,
+    prefix: Vec<u8>,
+    cursor: u64,
+    rx: tokio::sync::watch::Receiver<u64>,
+    pending: std::collections::VecDeque<axum::response::sse::Event>,
+}
+
+fn change_event(feed: &crate::feed::Feed, c: &crate::feed::Change) -> axum::response::sse::Event {
+    let mut o = serde_json::Map::new();
+    o.insert("key".into(), encode_key(&c.key).into());
+    if let Some(v) = &c.value {
+        o.insert("value".into(), encode_key(v).into());
+    }
+    o.insert("version".into(), c.version.to_string().into());
+    axum::response::sse::Event::default()
+        .event(if c.value.is_some() { "put" } else { "delete" })
+        .id(feed.id(c.seq))
+        .data(serde_json::Value::Object(o).to_string())
+}
+
+fn reset_event(feed: &crate::feed::Feed, last: u64, why: &str) -> axum::response::sse::Event {
+    axum::response::sse::Event::default()
+        .event("reset")
+        .id(feed.id(last))
+        .data(serde_json::json!({ "reason": why }).to_string())
+}
+
+/// `GET /watch?prefix=P&after=ID` (or `Last-Event-ID: ID`): Server-Sent Events, one
+/// per change this server applies to a matching key (`put`, `delete`), in the order
+/// it applies them, each with its id; from `after` when the feed still reaches back
+/// to it, otherwise a `reset` event first (list again, then go on from its id).
+async fn watch(State(app): State<Shared>, req: Request) -> Response {
+    if !matches!(*req.method(), Method::GET) {
+        return method_not_allowed("GET");
+    }
+    let q = match range_query(&req, &["prefix", "after", "consistency"], app.opts.max_key) {
+        Ok(q) => q,
+        Err(e) => return reason(StatusCode::BAD_REQUEST, &e),
+    };
+    let after = match (q.after, header_str(req.headers(), "last-event-id")) {
+        (Some(a), _) => Some(a),
+        (None, Ok(h)) => h.map(str::to_string),
+        (None, Err(e)) => return reason(StatusCode::BAD_REQUEST, &e),
+    };
+    let feed = app.server.feed();
+    let mut rx = feed.subscribe();
+    rx.borrow_and_update();
+    let mut pending = std::collections::VecDeque::new();
+    let cursor = match after.as_deref().map(|a| feed.parse_id(a)) {
+        None => feed.last(),
+        Some(Err(e)) => return reason(StatusCode::BAD_REQUEST, &e),
+        Some(Ok(Some(seq))) => seq,
+        Some(Ok(None)) => {
+            let last = feed.last();
+            pending.push_back(reset_event(
+                feed,
+                last,
+                "the id is from another incarnation of this server (it restarted): list again, then watch from this event's id",
+            ));
+            last
+        }
+    };
+    let st = Watching {
+        app: app.clone(),
+        prefix: q.prefix,
+        cursor,
+        rx,
+        pending,
+    };
+    let stream = futures_util::stream::unfold(st, |mut st| async move {
+        loop {
+            if let Some(ev) = st.pending.pop_front() {
+                return Some((Ok::<_, std::convert::Infallible>(ev), st));
+            }
+            let feed = st.app.server.feed();
+            if feed.is_closed() {
+                return None;
+            }
+            st.rx.borrow_and_update();
+            match feed.since(st.cursor, &st.prefix, 1024) {
+                crate::feed::Since::Gap(last) => {
+                    st.pending.push_back(reset_event(
+                        feed,
+                        last,
+                        "changes since the id were dropped from this server's feed: list again, then watch from this event's id",
+                    ));
+                    st.cursor = last;
+                }
+                crate::feed::Since::Changes(cs, upto) => {
+                    st.pending.extend(cs.iter().map(|c| change_event(feed, c)));
+                    st.cursor = upto;
+                    // Nothing matched up to the end of the feed: wait for more (a
+                    // change recorded since `borrow_and_update` wakes this at once).
+                    if st.pending.is_empty() && st.rx.changed().await.is_err() {
+                        return None;
+                    }
+                }
+            }
+        }
+    });
+    axum::response::sse::Sse::new(stream)
+        .keep_alive(axum::response::sse::KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response()
 }
 
 /// The level of a `/kv` request and the precondition of a write; `Err` is a `400`.

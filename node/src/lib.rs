@@ -11,6 +11,7 @@ pub mod client;
 pub mod clock;
 pub mod config;
 pub mod control;
+pub mod feed;
 pub mod frame;
 pub mod http;
 pub mod metrics;

@@ -92,6 +92,32 @@ enum Cmd {
         /// The key.
         key: OsString,
     },
+    /// List the live keys under PREFIX (every key without one), in byte order.
+    Ls {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Print `KEY<TAB>VALUE` lines (text output).
+        #[arg(long)]
+        values: bool,
+        /// Output format.
+        #[arg(short = 'o', long = "output", value_enum, default_value = "text")]
+        output: cli::Output,
+        /// The key prefix (any bytes).
+        prefix: Option<OsString>,
+    },
+    /// Print every change to keys under PREFIX as it happens (until interrupted).
+    Watch {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Resume after this event id (printed with -o json).
+        #[arg(long)]
+        after: Option<String>,
+        /// Output format.
+        #[arg(short = 'o', long = "output", value_enum, default_value = "text")]
+        output: cli::Output,
+        /// The key prefix (any bytes).
+        prefix: Option<OsString>,
+    },
     /// Show the status of every endpoint (exit 4 when one is unreachable).
     Status {
         #[command(flatten)]
@@ -242,6 +268,24 @@ async fn run(cli: Cli) -> Result<u8, String> {
         } => {
             let cond = if_version.map_or(cli::WriteCond::Always, cli::WriteCond::Version);
             Ok(cli::write(&client, &cli::arg_bytes(&key), None, prev, cond).await)
+        }
+        Cmd::Ls {
+            client,
+            values,
+            output,
+            prefix,
+        } => {
+            let prefix = prefix.as_deref().map(cli::arg_bytes).unwrap_or_default();
+            Ok(cli::ls(&client, &prefix, values, output).await)
+        }
+        Cmd::Watch {
+            client,
+            after,
+            output,
+            prefix,
+        } => {
+            let prefix = prefix.as_deref().map(cli::arg_bytes).unwrap_or_default();
+            Ok(cli::watch(&client, &prefix, after, output).await)
         }
         Cmd::Status { client, json } => Ok(cli::status(&client, json).await),
         Cmd::Member { cmd } => {

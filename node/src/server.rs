@@ -24,7 +24,7 @@ use bytes::Bytes;
 use meshkv_core::commit::{Committer, Output as CommitOutput, Ticket, MAX_JOBS_PER_BATCH};
 use meshkv_core::proto::{self, ClientReq, ClientResp, PeerMsg, PeerReq, PeerResp};
 use meshkv_core::sync::{Event as SyncEvent, Step as SyncStep, SyncError, SyncRound};
-use meshkv_core::{Limits, NodeId, Op, Outcome, ReadOutcome, Replica, VersionVector};
+use meshkv_core::{Limits, NodeId, Op, Outcome, ReadOutcome, Replica, Version, VersionVector};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
@@ -230,6 +230,8 @@ struct Shared {
     lin_ops: AtomicU64,
     lin_retries: AtomicU64,
     lin_unavailable: AtomicU64,
+    /// Every change applied to a client key, for `GET /watch`.
+    feed: crate::feed::Feed,
 }
 
 /// A running server.
@@ -314,6 +316,7 @@ impl Server {
             lin_ops: AtomicU64::new(0),
             lin_retries: AtomicU64::new(0),
             lin_unavailable: AtomicU64::new(0),
+            feed: crate::feed::Feed::new(rid),
         });
         {
             let sh2 = sh.clone();
@@ -450,6 +453,23 @@ impl Server {
     }
 
     /// The acceptor set of `key` (the servers that vote on its linearizable register).
+    /// The change feed (`GET /watch`).
+    pub fn feed(&self) -> &crate::feed::Feed {
+        &self.sh.feed
+    }
+
+    /// Up to `limit` live client entries with keys in `[start, end)` (`end` `None`:
+    /// unbounded), in byte order: `(key, value, version)`, one snapshot of the store.
+    pub fn list(
+        &self,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+        keys_only: bool,
+    ) -> Vec<(Vec<u8>, Option<Vec<u8>>, Version)> {
+        lock(&self.sh.replica).scan(start, end, limit, keys_only)
+    }
+
     pub fn acceptors_of(&self, key: &[u8]) -> Vec<NodeId> {
         self.sh.acceptor_set(key)
     }
@@ -642,6 +662,7 @@ impl Server {
         sh.workers.stop();
         sh.endpoint.close(0u32.into(), b"shutdown");
         sh.stopping.store(true, Relaxed);
+        sh.feed.close();
         // Wake the commit thread (it exits on seeing `stopping`).
         let _ = tokio::time::timeout(
             Duration::from_secs(5),
@@ -890,7 +911,18 @@ fn commit_loop(sh: Arc<Shared>, mut storage: Storage, mut rx: mpsc::Receiver<Com
                         std::process::exit(70);
                     }
                     *lock(&sh.storage_stats) = storage.stats();
-                    committer.persisted(&mut lock(&sh.replica), batch);
+                    let mut replica = lock(&sh.replica);
+                    // What the batch changes (a new winning version), for the watchers:
+                    // recorded once it is committed.
+                    let changes: Vec<_> = batch
+                        .writes
+                        .iter()
+                        .filter(|(k, e)| replica.entry(k).map(|old| old.version) != Some(e.version))
+                        .map(|(k, e)| (k.clone(), e.value.clone(), e.version))
+                        .collect();
+                    committer.persisted(&mut replica, batch);
+                    drop(replica);
+                    sh.feed.record(changes);
                     n += 1;
                 }
                 Some(CommitOutput::Members(records)) => sh.apply_members(records),
