@@ -143,55 +143,30 @@ impl std::str::FromStr for Consistency {
     }
 }
 
+/// Every byte but the unreserved ones (`A-Z a-z 0-9 - . _ ~`, RFC 3986) is encoded.
+const KEY_ENCODE: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
 /// Percent-encode every byte but the unreserved ones (`A-Z a-z 0-9 - . _ ~`).
 pub fn encode_key(key: &[u8]) -> String {
-    const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    let mut s = String::with_capacity(key.len() * 3);
-    for &b in key {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            s.push(b as char);
-        } else {
-            s.push('%');
-            s.push(HEX[(b >> 4) as usize] as char);
-            s.push(HEX[(b & 15) as usize] as char);
-        }
-    }
-    s
+    percent_encoding::percent_encode(key, KEY_ENCODE).to_string()
 }
 
-/// Strict percent-decoding: `%` must be followed by two hex digits.
+/// Strict percent-decoding: `%` must be followed by two hex digits (the
+/// `percent-encoding` crate passes a malformed escape through; we refuse it).
 pub fn decode_key(s: &str) -> Result<Vec<u8>, String> {
-    fn hex(b: u8) -> Option<u8> {
-        match b {
-            b'0'..=b'9' => Some(b - b'0'),
-            b'a'..=b'f' => Some(b - b'a' + 10),
-            b'A'..=b'F' => Some(b - b'A' + 10),
-            _ => None,
-        }
-    }
     let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            match (
-                b.get(i + 1).and_then(|&c| hex(c)),
-                b.get(i + 2).and_then(|&c| hex(c)),
-            ) {
-                (Some(h), Some(l)) => out.push(h << 4 | l),
-                _ => {
-                    return Err(format!(
-                        "invalid percent-encoding in key at byte {i} (want %XX with two hex digits)"
-                    ))
-                }
-            }
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
+    if let Some(i) = b.iter().enumerate().position(|(i, &c)| {
+        c == b'%' && !(b.get(i + 1..i + 3)).is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit))
+    }) {
+        return Err(format!(
+            "invalid percent-encoding in key at byte {i} (want %XX with two hex digits)"
+        ));
     }
-    Ok(out)
+    Ok(percent_encoding::percent_decode(b).collect())
 }
 
 /// TLS for the HTTP listener.
@@ -1131,10 +1106,8 @@ fn method_label(m: &Method) -> &'static str {
 
 /// Constant-time comparison (the token must not leak through timing).
 fn same(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    use subtle::ConstantTimeEq;
+    a.ct_eq(b).into()
 }
 
 async fn observe(State(app): State<Shared>, req: Request, next: Next) -> Response {

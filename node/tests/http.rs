@@ -431,7 +431,9 @@ async fn bad_input_gets_a_4xx_and_the_server_keeps_serving() -> Result<()> {
         ),
         (Method::GET, "/kv/%zz".into(), vec![], Bytes::new(), 400),
         (Method::GET, "/kv/ab%4".into(), vec![], Bytes::new(), 400),
-        (Method::GET, "/kv/".into(), vec![], Bytes::new(), 400),
+        // `GET /kv/` is a listing; a write still needs a key.
+        (Method::PUT, "/kv/".into(), vec![], Bytes::new(), 400),
+        (Method::GET, "/kv/?ttl=5".into(), vec![], Bytes::new(), 400),
         (
             Method::PUT,
             kv(b"k"),
