@@ -44,12 +44,11 @@ use crate::http::{
     decode_key, encode_key, AFTER_HEADER, CONSISTENCY_HEADER, VERSION_HEADER, WAIT_HEADER,
 };
 use crate::pki::{self, Role};
+use backon::Retryable;
 pub use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::header::{HeaderMap, HeaderName, HeaderValue};
-pub use hyper::Method;
-use hyper_util::rt::TokioIo;
 use meshkv_core::{Session, Version};
+pub use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+pub use reqwest::Method;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
@@ -60,7 +59,6 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpStream;
 
 /// Exit codes of the CLI.
 pub mod exit {
@@ -317,12 +315,83 @@ pub fn tls_config(
     Ok(cfg)
 }
 
-/// A minimal HTTP/1.1 client (hyper), plain or TLS.
+/// The HTTP client of the CLI and the tests: `reqwest` (HTTP/1.1, kept-alive pooled
+/// connections), plain or TLS through rustls on the ring provider, no proxies, no
+/// redirects.
 #[derive(Clone)]
 pub struct HttpClient {
-    tls: Option<tokio_rustls::TlsConnector>,
+    /// The pooled client, or why it could not be built (reported by every call).
+    client: Result<reqwest::Client, String>,
+    tls: Option<rustls::ClientConfig>,
     token: Option<String>,
     timeout: Duration,
+}
+
+/// The full chain of an error's causes, on one line.
+fn causes(e: &dyn std::error::Error) -> String {
+    let mut why = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        let s_text = s.to_string();
+        if !why.contains(&s_text) {
+            why = format!("{why}: {s_text}");
+        }
+        src = s.source();
+    }
+    why
+}
+
+fn call_error(e: reqwest::Error) -> CallError {
+    let why = causes(&e);
+    if e.is_builder() || e.is_request() && why.contains("header") {
+        CallError::Build(why)
+    } else if e.is_connect() {
+        CallError::Connect(why)
+    } else {
+        CallError::Io(why)
+    }
+}
+
+/// A TLS config trusting nothing, for clients without a CA: reqwest is built without
+/// a process-wide crypto provider (only ring may be linked), so it always gets one.
+fn no_trust() -> Result<rustls::ClientConfig, String> {
+    Ok(rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(rustls::RootCertStore::empty())
+    .with_no_client_auth())
+}
+
+fn build_client(
+    tls: Option<&rustls::ClientConfig>,
+    token: Option<&str>,
+    timeout: Duration,
+    pool: usize,
+) -> Result<reqwest::Client, String> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(t) = token {
+        let v = HeaderValue::from_str(&format!("Bearer {t}"))
+            .map_err(|_| "the bearer token is not a valid header value".to_string())?;
+        headers.insert(reqwest::header::AUTHORIZATION, v);
+    }
+    let tls = match tls {
+        Some(c) => c.clone(),
+        None => no_trust()?,
+    };
+    reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .http1_only()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .tcp_nodelay(true)
+        .connect_timeout(timeout)
+        .timeout(timeout)
+        .pool_max_idle_per_host(pool)
+        .default_headers(headers)
+        .build()
+        .map_err(|e| format!("cannot build the HTTP client: {}", causes(&e)))
 }
 
 impl HttpClient {
@@ -334,40 +403,30 @@ impl HttpClient {
         timeout: Duration,
     ) -> Self {
         HttpClient {
-            tls: tls.map(|c| tokio_rustls::TlsConnector::from(Arc::new(c))),
+            client: build_client(tls.as_ref(), token.as_deref(), timeout, usize::MAX),
+            tls,
             token,
             timeout,
         }
     }
 
-    /// Open a keep-alive connection.
+    /// A connection of its own to `ep` (a client whose pool holds one kept-alive
+    /// connection; it reconnects by itself when the server closed it).
     pub async fn connect(&self, ep: &Endpoint) -> Result<Conn, CallError> {
-        let fut = async {
-            let tcp = TcpStream::connect((ep.host.as_str(), ep.port))
-                .await
-                .map_err(|e| CallError::Connect(e.to_string()))?;
-            let _ = tcp.set_nodelay(true);
-            if ep.https {
-                let tls = self.tls.as_ref().ok_or_else(|| {
-                    CallError::Connect("https endpoint but no CA certificate (--cacert)".into())
-                })?;
-                let name = ServerName::try_from(ep.host.clone())
-                    .map_err(|e| CallError::Connect(format!("bad server name: {e}")))?;
-                let s = tls
-                    .connect(name, tcp)
-                    .await
-                    .map_err(|e| CallError::Connect(format!("TLS: {e}")))?;
-                Conn::handshake(s, ep, self).await
-            } else {
-                Conn::handshake(tcp, ep, self).await
-            }
-        };
-        tokio::time::timeout(self.timeout, fut)
-            .await
-            .map_err(|_| CallError::Connect(format!("timed out after {:?}", self.timeout)))?
+        if ep.https && self.tls.is_none() {
+            return Err(CallError::Connect(
+                "https endpoint but no CA certificate (--cacert)".into(),
+            ));
+        }
+        let client = build_client(self.tls.as_ref(), self.token.as_deref(), self.timeout, 1)
+            .map_err(CallError::Build)?;
+        Ok(Conn {
+            client,
+            base: ep.url(),
+        })
     }
 
-    /// One request on a fresh connection.
+    /// One request, on a pooled connection.
     pub async fn call(
         &self,
         ep: &Endpoint,
@@ -376,112 +435,72 @@ impl HttpClient {
         headers: &[(&str, String)],
         body: Bytes,
     ) -> Result<Reply, CallError> {
-        let mut c = self.connect(ep).await?;
-        c.send(method, path, headers, body).await
+        if ep.https && self.tls.is_none() {
+            return Err(CallError::Connect(
+                "https endpoint but no CA certificate (--cacert)".into(),
+            ));
+        }
+        let client = self
+            .client
+            .as_ref()
+            .map_err(|e| CallError::Build(e.clone()))?;
+        let resp = request(client, &ep.url(), method, path, headers, body).await?;
+        reply(resp).await
     }
 }
 
-/// One HTTP/1.1 connection.
+fn request(
+    client: &reqwest::Client,
+    base: &str,
+    method: Method,
+    path: &str,
+    headers: &[(&str, String)],
+    body: Bytes,
+) -> impl std::future::Future<Output = Result<reqwest::Response, CallError>> {
+    let mut b = client.request(method, format!("{base}{path}"));
+    let mut bad = None;
+    for (k, v) in headers {
+        match (
+            HeaderName::from_bytes(k.as_bytes()),
+            HeaderValue::from_str(v),
+        ) {
+            (Ok(name), Ok(value)) => b = b.header(name, value),
+            (Err(e), _) => bad = Some(format!("header {k:?}: {e}")),
+            (_, Err(e)) => bad = Some(format!("header {k:?}: {e}")),
+        }
+    }
+    if !body.is_empty() {
+        b = b.body(body);
+    }
+    async move {
+        if let Some(why) = bad {
+            return Err(CallError::Build(why));
+        }
+        b.send().await.map_err(call_error)
+    }
+}
+
+async fn reply(resp: reqwest::Response) -> Result<Reply, CallError> {
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp.bytes().await.map_err(call_error)?;
+    Ok(Reply {
+        status,
+        headers,
+        body,
+    })
+}
+
+/// A connection of its own to one server (see [`HttpClient::connect`]).
 pub struct Conn {
-    send: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
-    authority: String,
-    token: Option<String>,
-    timeout: Duration,
-    /// The connection task; it ends with the reason the connection broke, if it did.
-    task: Option<tokio::task::JoinHandle<Option<String>>>,
+    client: reqwest::Client,
+    base: String,
 }
 
 impl Conn {
-    /// A request failed: the request side only learns "canceled", the connection task
-    /// knows why (e.g. a TLS alert: the server refused our certificate).
-    async fn io_error(&mut self, e: hyper::Error) -> CallError {
-        if let Some(task) = self.task.take() {
-            if let Ok(Ok(Some(why))) = tokio::time::timeout(Duration::from_millis(300), task).await
-            {
-                return CallError::Io(why);
-            }
-        }
-        CallError::Io(e.to_string())
-    }
-
-    async fn handshake<S>(io: S, ep: &Endpoint, c: &HttpClient) -> Result<Conn, CallError>
-    where
-        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    {
-        let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
-            .await
-            .map_err(|e| CallError::Connect(e.to_string()))?;
-        let task = tokio::spawn(async move {
-            let e = conn.await.err()?;
-            let mut why = e.to_string();
-            let mut src = std::error::Error::source(&e);
-            while let Some(s) = src {
-                why = format!("{why}: {s}");
-                src = s.source();
-            }
-            Some(why)
-        });
-        Ok(Conn {
-            send,
-            authority: ep.authority(),
-            token: c.token.clone(),
-            timeout: c.timeout,
-            task: Some(task),
-        })
-    }
-
-    /// Whether the connection can no longer be used.
+    /// Always false: a closed connection is reopened by the next request.
     pub fn is_closed(&self) -> bool {
-        self.send.is_closed()
-    }
-
-    /// Send one request and return its status and body as it streams (the head is
-    /// bounded by the client's timeout, the body is not).
-    pub async fn stream(
-        &mut self,
-        method: Method,
-        path: &str,
-        headers: &[(&str, String)],
-    ) -> Result<(u16, hyper::body::Incoming), CallError> {
-        let req = self.build(method, path, headers, Bytes::new())?;
-        let limit = self.timeout;
-        let fut = async {
-            if let Err(e) = self.send.ready().await {
-                return Err(self.io_error(e).await);
-            }
-            match self.send.send_request(req).await {
-                Ok(r) => Ok((r.status().as_u16(), r.into_body())),
-                Err(e) => Err(self.io_error(e).await),
-            }
-        };
-        tokio::time::timeout(limit, fut)
-            .await
-            .map_err(|_| CallError::Io(format!("timed out after {limit:?}")))?
-    }
-
-    fn build(
-        &self,
-        method: Method,
-        path: &str,
-        headers: &[(&str, String)],
-        body: Bytes,
-    ) -> Result<hyper::Request<Full<Bytes>>, CallError> {
-        let mut b = hyper::Request::builder()
-            .method(method)
-            .uri(path)
-            .header(hyper::header::HOST, &self.authority);
-        if let Some(t) = &self.token {
-            b = b.header(hyper::header::AUTHORIZATION, format!("Bearer {t}"));
-        }
-        for (k, v) in headers {
-            let name = HeaderName::from_bytes(k.as_bytes())
-                .map_err(|e| CallError::Build(format!("header {k:?}: {e}")))?;
-            let value = HeaderValue::from_str(v)
-                .map_err(|e| CallError::Build(format!("header {k:?}: {e}")))?;
-            b = b.header(name, value);
-        }
-        b.body(Full::new(body))
-            .map_err(|e| CallError::Build(e.to_string()))
+        false
     }
 
     /// Send one request and read the whole answer (bounded by the client's timeout).
@@ -492,30 +511,27 @@ impl Conn {
         headers: &[(&str, String)],
         body: Bytes,
     ) -> Result<Reply, CallError> {
-        let req = self.build(method, path, headers, body)?;
-        let limit = self.timeout;
-        let fut = async {
-            if let Err(e) = self.send.ready().await {
-                return Err(self.io_error(e).await);
-            }
-            let resp = match self.send.send_request(req).await {
-                Ok(r) => r,
-                Err(e) => return Err(self.io_error(e).await),
-            };
-            let (parts, body) = resp.into_parts();
-            let body = match body.collect().await {
-                Ok(b) => b.to_bytes(),
-                Err(e) => return Err(self.io_error(e).await),
-            };
-            Ok(Reply {
-                status: parts.status.as_u16(),
-                headers: parts.headers,
-                body,
-            })
-        };
-        tokio::time::timeout(limit, fut)
+        let resp = request(&self.client, &self.base, method, path, headers, body).await?;
+        reply(resp).await
+    }
+
+    /// Send one request and return the answer with its body still streaming (read it
+    /// with `chunk()`); the client's timeout bounds the head only.
+    pub async fn stream(
+        &mut self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, String)],
+    ) -> Result<reqwest::Response, CallError> {
+        // A stream outlives any request timeout: a client of its own without one.
+        let mut b = self.client.request(method, format!("{}{path}", self.base));
+        for (k, v) in headers {
+            b = b.header(*k, v.as_str());
+        }
+        b.timeout(Duration::from_secs(365 * 24 * 3600))
+            .send()
             .await
-            .map_err(|_| CallError::Io(format!("timed out after {limit:?}")))?
+            .map_err(call_error)
     }
 }
 
@@ -778,8 +794,7 @@ impl Ctx {
     ) -> Answer {
         // A server catching up after its start answers 503 ERR_NOT_READY with a
         // retry hint: when that is all we hear, try the round again for a while.
-        let give_up = tokio::time::Instant::now() + NOT_READY_PATIENCE;
-        loop {
+        let round = || async {
             let mut deps = Vec::new();
             let mut errs = Vec::new();
             let mut not_ready = 0;
@@ -791,7 +806,7 @@ impl Ctx {
                 {
                     Err(e) => errs.push(format!("{ep}: {e}")),
                     Ok(r) if r.status == 412 && r.line() == "ERR_PRECONDITION" => {
-                        return Answer::Reply(ep.clone(), r)
+                        return Ok(Answer::Reply(ep.clone(), r))
                     }
                     Ok(r) if r.status == 412 => deps.push(ep.url()),
                     Ok(r) if r.status == 503 => {
@@ -800,16 +815,25 @@ impl Ctx {
                         }
                         errs.push(format!("{ep}: 503 {}", r.line()))
                     }
-                    Ok(r) => return Answer::Reply(ep.clone(), r),
+                    Ok(r) => return Ok(Answer::Reply(ep.clone(), r)),
                 }
             }
             if !deps.is_empty() {
-                return Answer::Dep(deps);
+                return Ok(Answer::Dep(deps));
             }
-            if not_ready == 0 || tokio::time::Instant::now() >= give_up {
-                return Answer::Unreachable(errs);
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            Err((not_ready > 0, errs))
+        };
+        let every = Duration::from_millis(100);
+        let patience = backon::ConstantBuilder::default()
+            .with_delay(every)
+            .with_max_times((NOT_READY_PATIENCE.as_millis() / every.as_millis()) as usize);
+        match round
+            .retry(patience)
+            .when(|(not_ready, _)| *not_ready)
+            .await
+        {
+            Ok(a) => a,
+            Err((_, errs)) => Answer::Unreachable(errs),
         }
     }
 }
@@ -1076,7 +1100,7 @@ pub async fn watch(args: &ClientArgs, prefix: &[u8], after: Option<String>, out:
                     let mut conn = ctx.client.connect(ep).await?;
                     conn.stream(Method::GET, &path, &[]).await
                 };
-                let (status, mut body) = match stream.await {
+                let mut resp = match stream.await {
                     Ok(x) => x,
                     Err(e) => {
                         failures += 1;
@@ -1087,9 +1111,10 @@ pub async fn watch(args: &ClientArgs, prefix: &[u8], after: Option<String>, out:
                         continue;
                     }
                 };
+                let status = resp.status().as_u16();
                 if status != 200 {
-                    let text = match body.collect().await {
-                        Ok(b) => String::from_utf8_lossy(&b.to_bytes()).into_owned(),
+                    let text = match resp.text().await {
+                        Ok(t) => t,
                         Err(e) => e.to_string(),
                     };
                     return Err(Fail(
@@ -1099,10 +1124,8 @@ pub async fn watch(args: &ClientArgs, prefix: &[u8], after: Option<String>, out:
                 }
                 failures = 0;
                 let mut parser = SseParser::default();
-                while let Some(frame) = body.frame().await {
-                    let Ok(frame) = frame else { break };
-                    let Some(data) = frame.data_ref() else { continue };
-                    for ev in parser.feed(data) {
+                while let Ok(Some(data)) = resp.chunk().await {
+                    for ev in parser.feed(&data) {
                         if ev.id.is_some() {
                             last = ev.id.clone();
                         }

@@ -8,8 +8,7 @@ mod support;
 
 use anyhow::{anyhow, bail, Result};
 use bytes::Bytes;
-use http_body_util::BodyExt;
-use hyper::Method;
+use meshkv_node::cli::Method;
 use meshkv_node::cli::{Endpoint, HttpClient, SseEvent, SseParser};
 use meshkv_node::http::{decode_key, encode_key};
 use std::collections::BTreeMap;
@@ -207,26 +206,24 @@ async fn a_10000_key_listing_paginates_without_gaps_or_repeats() -> Result<()> {
 
 /// A watch stream's events, read as they come.
 struct Watch {
-    body: hyper::body::Incoming,
+    resp: reqwest::Response,
     parser: SseParser,
     ready: std::collections::VecDeque<SseEvent>,
-    _conn: meshkv_node::cli::Conn,
 }
 
 impl Watch {
     async fn open(c: &HttpClient, ep: &Endpoint, query: &str) -> Result<Watch> {
         let mut conn = c.connect(ep).await?;
-        let (status, body) = conn
+        let resp = conn
             .stream(Method::GET, &format!("/watch?{query}"), &[])
             .await?;
-        if status != 200 {
-            bail!("watch {query}: {status}");
+        if resp.status() != 200 {
+            bail!("watch {query}: {}", resp.status());
         }
         Ok(Watch {
-            body,
+            resp,
             parser: SseParser::default(),
             ready: Default::default(),
-            _conn: conn,
         })
     }
 
@@ -237,13 +234,11 @@ impl Watch {
             if let Some(e) = self.ready.pop_front() {
                 return Ok(e);
             }
-            let frame = tokio::time::timeout_at(deadline, self.body.frame())
+            let chunk = tokio::time::timeout_at(deadline, self.resp.chunk())
                 .await
-                .map_err(|_| anyhow!("no event within 20 s"))?
-                .ok_or_else(|| anyhow!("the stream ended"))??;
-            if let Some(d) = frame.data_ref() {
-                self.ready.extend(self.parser.feed(d));
-            }
+                .map_err(|_| anyhow!("no event within 20 s"))??
+                .ok_or_else(|| anyhow!("the stream ended"))?;
+            self.ready.extend(self.parser.feed(&chunk));
         }
     }
 }

@@ -25,9 +25,12 @@
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Parser;
 use hdrhistogram::Histogram;
-use meshkv_node::cli::{tls_config, Bytes, Endpoint, HttpClient, Method};
+use meshkv_node::cli::{tls_config, Bytes, Endpoint, Method};
+#[path = "../rawhttp.rs"]
+mod rawhttp;
 use meshkv_node::http::encode_key;
 use rand::{Rng, SeedableRng};
+use rawhttp::{RawClient, RawConn};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -176,7 +179,7 @@ impl Resp {
 
 /// One connection to the system under test.
 enum Link {
-    Http(meshkv_node::cli::Conn),
+    Http(RawConn),
     Redis(Resp),
 }
 
@@ -215,7 +218,7 @@ impl Keys {
     }
 }
 
-async fn open(client: &HttpClient, ep: &Endpoint, raw: &str, target: Target) -> Result<Link> {
+async fn open(client: &RawClient, ep: &Endpoint, raw: &str, target: Target) -> Result<Link> {
     Ok(match target {
         Target::Redis => Link::Redis(Resp::connect(raw).await?),
         _ => Link::Http(client.connect(ep).await?),
@@ -259,7 +262,7 @@ impl Link {
                             .await?
                     }
                 };
-                Ok(matches!(r.status, 200 | 201 | 404))
+                Ok(matches!(r, 200 | 201 | 404))
             }
         }
     }
@@ -283,7 +286,7 @@ fn key(i: usize) -> String {
 
 #[allow(clippy::too_many_arguments)]
 async fn worker(
-    client: HttpClient,
+    client: RawClient,
     ep: Endpoint,
     raw: String,
     keys: Arc<Keys>,
@@ -322,7 +325,7 @@ async fn worker(
 }
 
 struct Ctx {
-    client: HttpClient,
+    client: RawClient,
     eps: Vec<Endpoint>,
     raw: Vec<String>,
     keys: Arc<Keys>,
@@ -436,7 +439,7 @@ async fn run(args: Args) -> Result<()> {
         Some(f) => Some(std::fs::read_to_string(f)?.trim().to_string()),
         None => None,
     };
-    let client = HttpClient::new(tls, token, Duration::from_secs(30));
+    let client = RawClient::new(tls, token, Duration::from_secs(30));
     println!(
         "http_load: {} endpoints, {} keys, {}-byte values, {} s per phase{}",
         eps.len(),
