@@ -557,19 +557,17 @@ struct Report {
 }
 
 fn human_bytes(b: u64) -> String {
-    if b >= 10 << 20 {
-        format!("{:.1} MiB", b as f64 / (1 << 20) as f64)
-    } else if b >= 10 << 10 {
-        format!("{:.1} KiB", b as f64 / 1024.0)
-    } else {
-        format!("{b} B")
-    }
+    humansize::format_size(b, humansize::BINARY)
 }
 
 fn print_table(r: &Report) {
-    println!("{:<52} {:>22}", "measure", "value");
-    println!("{}", "-".repeat(75));
-    let row = |k: String, v: String| println!("{k:<52} {v:>22}");
+    let mut table = comfy_table::Table::new();
+    table
+        .load_preset(comfy_table::presets::ASCII_MARKDOWN)
+        .set_header(["measure", "value"]);
+    let mut row = |k: String, v: String| {
+        table.add_row([k, v]);
+    };
     if let Some(c) = &r.catchup {
         row(
             format!(
@@ -622,7 +620,7 @@ fn print_table(r: &Report) {
     if let Some(h) = &r.heal {
         row(
             format!(
-                "heal: {:?} | {:?}, {} writes per side",
+                "heal: {:?} vs {:?}, {} writes per side",
                 h.side_a, h.side_b, h.writes_per_side
             ),
             format!("{:.2} s", h.heal_s),
@@ -656,6 +654,7 @@ fn print_table(r: &Report) {
             );
         }
     }
+    println!("{table}");
 }
 
 #[tokio::main(flavor = "multi_thread")]
