@@ -62,6 +62,8 @@ pub enum PeerReq {
     Fetch(Vec<Vec<u8>>),
     /// A linearizable register's prepare or accept, for this server's acceptor.
     Paxos(PaxosReq),
+    /// The peer's status document (JSON), for the dashboard's view of the mesh.
+    Status,
 }
 
 /// Answers on a server↔server bi stream.
@@ -81,6 +83,8 @@ pub enum PeerResp {
     Fetch(Vec<SyncItem>),
     /// Answer to [`PeerReq::Paxos`] (given only once the acceptor state is durable).
     Paxos(PaxosResp),
+    /// Answer to [`PeerReq::Status`]: the status document as JSON text.
+    Status(String),
     /// The request could not be served.
     Error(String),
 }

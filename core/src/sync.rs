@@ -188,6 +188,7 @@ pub fn describe(resp: &PeerResp) -> String {
         PeerResp::Keys(k) => format!("{} keys", k.len()),
         PeerResp::Fetch(i) => format!("{} entries", i.len()),
         PeerResp::Paxos(_) => "register answer".into(),
+        PeerResp::Status(_) => "status".into(),
         PeerResp::Error(e) => format!("error {e}"),
     }
 }
@@ -410,5 +411,6 @@ pub fn answer(r: &mut Replica, from: NodeId, req: PeerReq) -> PeerResp {
         PeerReq::Fetch(keys) => PeerResp::Fetch(r.entries(&keys)),
         // The acceptor's answer needs durable state: the adapter answers these itself.
         PeerReq::Paxos(_) => PeerResp::Error("register requests are not anti-entropy".into()),
+        PeerReq::Status => PeerResp::Error("the status is the server's, not the replica's".into()),
     }
 }

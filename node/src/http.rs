@@ -1054,6 +1054,10 @@ fn router(app: Shared) -> Router {
         .route("/kv/", any(kv))
         .route("/kv/{*key}", any(kv))
         .route("/watch", any(watch))
+        .route("/ui", any(ui_page))
+        .route("/ui/", any(ui_page))
+        .route("/ui/mesh", any(ui_mesh))
+        .route("/ui/events", any(ui_events))
         .route("/health", any(health))
         .route("/health/live", any(health))
         .route("/health/ready", any(health_ready))
@@ -1756,6 +1760,90 @@ async fn watch(State(app): State<Shared>, req: Request) -> Response {
     axum::response::sse::Sse::new(stream)
         .keep_alive(axum::response::sse::KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response()
+}
+
+/// The dashboard page, compiled into the binary (no build step, no CDN).
+const UI_PAGE: &str = include_str!("ui/index.html");
+
+/// `GET /ui`: the live dashboard of the mesh.
+async fn ui_page(req: Request) -> Response {
+    if !matches!(*req.method(), Method::GET | Method::HEAD) {
+        return method_not_allowed("GET, HEAD");
+    }
+    (
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        UI_PAGE,
+    )
+        .into_response()
+}
+
+/// How long the dashboard waits for a peer's status.
+const MESH_WAIT: Duration = Duration::from_millis(500);
+
+/// The mesh as this server sees it: `{"from": id, "at_ms": unix ms, "servers":
+/// {"<id>": {"status": {...}} | {"error": "..."}}}` — its own `/status` document and
+/// that of every peer it has a link to (asked over QUIC).
+async fn mesh_json(app: &App) -> String {
+    let mesh = app.server.mesh_status(MESH_WAIT).await;
+    let servers: serde_json::Map<String, serde_json::Value> = mesh
+        .into_iter()
+        .map(|(id, r)| {
+            let v = match r {
+                Ok(mut st) => {
+                    if id == app.server.id() {
+                        if let Some(o) = st.as_object_mut() {
+                            o.insert("http".into(), app.addr.to_string().into());
+                        }
+                    }
+                    serde_json::json!({ "status": st })
+                }
+                Err(e) => serde_json::json!({ "error": e }),
+            };
+            (id.to_string(), v)
+        })
+        .collect();
+    let at_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    serde_json::json!({ "from": app.server.id(), "at_ms": at_ms, "servers": servers }).to_string()
+}
+
+/// `GET /ui/mesh`: one snapshot of the mesh (see [`mesh_json`]).
+async fn ui_mesh(State(app): State<Shared>, req: Request) -> Response {
+    if !matches!(*req.method(), Method::GET | Method::HEAD) {
+        return method_not_allowed("GET, HEAD");
+    }
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        mesh_json(&app).await,
+    )
+        .into_response()
+}
+
+/// `GET /ui/events`: Server-Sent Events, one `mesh` event (data: [`mesh_json`]) now and
+/// then every 500 ms, until the client leaves or the server stops.
+async fn ui_events(State(app): State<Shared>, req: Request) -> Response {
+    if !matches!(*req.method(), Method::GET) {
+        return method_not_allowed("GET");
+    }
+    let stream = futures_util::stream::unfold((app, true), |(app, first)| async move {
+        if !first {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        if app.server.feed().is_closed() {
+            return None;
+        }
+        let ev = axum::response::sse::Event::default()
+            .event("mesh")
+            .data(mesh_json(&app).await);
+        Some((Ok::<_, std::convert::Infallible>(ev), (app, false)))
+    });
+    axum::response::sse::Sse::new(stream).into_response()
 }
 
 /// The level of a `/kv` request and the precondition of a write; `Err` is a `400`.

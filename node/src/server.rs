@@ -528,6 +528,47 @@ impl Server {
         self.sh.status()
     }
 
+    /// The status of this server and of every peer it has a link to (asked over the
+    /// link, at most `wait` each, all at once): what the dashboard shows. A peer
+    /// without a link, or that did not answer, maps to why.
+    pub async fn mesh_status(
+        &self,
+        wait: Duration,
+    ) -> BTreeMap<NodeId, Result<serde_json::Value, String>> {
+        let sh = &self.sh;
+        let mut out = BTreeMap::new();
+        out.insert(
+            sh.id,
+            serde_json::to_value(sh.status()).map_err(|e| e.to_string()),
+        );
+        let peers: Vec<(NodeId, Option<quinn::Connection>, Arc<PeerStats>)> = lock(&sh.peers)
+            .iter()
+            .filter(|(id, _)| **id != sh.id)
+            .map(|(id, p)| {
+                (
+                    *id,
+                    p.conn.as_ref().map(|(_, c)| c.clone()),
+                    p.stats.clone(),
+                )
+            })
+            .collect();
+        let asks = peers.into_iter().map(|(id, conn, st)| async move {
+            let Some(conn) = conn else {
+                return (id, Err("no link".to_string()));
+            };
+            let r = tokio::time::timeout(wait, sh.ask(&conn, PeerReq::Status, &st)).await;
+            let v = match r {
+                Err(_) => Err(format!("no answer within {wait:?}")),
+                Ok(Err(e)) => Err(e.to_string()),
+                Ok(Ok(PeerResp::Status(j))) => serde_json::from_str(&j).map_err(|e| e.to_string()),
+                Ok(Ok(other)) => Err(format!("unexpected answer {other:?}")),
+            };
+            (id, v)
+        });
+        out.extend(futures_util::future::join_all(asks).await);
+        out
+    }
+
     /// Add server `id` at `addr` to the cluster (or change its address): a replicated,
     /// persisted member record; every server links to it once the record reaches it.
     pub async fn member_add(&self, id: NodeId, addr: SocketAddr) -> Result<(), ServerError> {
@@ -769,10 +810,24 @@ pub struct Status {
     pub client_puts: u64,
     /// Client gets served.
     pub client_gets: u64,
+    /// Linearizable operations this server proposed: completed, attempts retried,
+    /// answered unavailable.
+    pub linearizable: LinearizableStatus,
     /// Storage counters.
     pub storage: StorageStats,
     /// Per peer.
     pub peers: Vec<PeerStatus>,
+}
+
+/// The linearizable counters in [`Status`].
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct LinearizableStatus {
+    /// Operations completed.
+    pub ops: u64,
+    /// Attempts retried (a competing ballot, a lost message).
+    pub retries: u64,
+    /// Operations answered `ERR_UNAVAILABLE`.
+    pub unavailable: u64,
 }
 
 /// One peer in [`Status`].
@@ -1461,6 +1516,10 @@ impl Shared {
                             Ok(r) => PeerResp::Paxos(r),
                             Err(e) => PeerResp::Error(e.to_string()),
                         },
+                        PeerReq::Status => match serde_json::to_string(&sh.status()) {
+                            Ok(j) => PeerResp::Status(j),
+                            Err(e) => PeerResp::Error(e.to_string()),
+                        },
                         req => sh.answer(id, req, &st),
                     };
                     if let Ok(n) = frame::write_frame(&mut send, &resp).await {
@@ -1686,6 +1745,11 @@ impl Shared {
             log_records,
             client_puts: self.client_puts.load(Relaxed),
             client_gets: self.client_gets.load(Relaxed),
+            linearizable: LinearizableStatus {
+                ops: self.lin_ops.load(Relaxed),
+                retries: self.lin_retries.load(Relaxed),
+                unavailable: self.lin_unavailable.load(Relaxed),
+            },
             storage: lock(&self.storage_stats).clone(),
             peers,
         }
