@@ -13,7 +13,8 @@
 //!         --wait-ms N                let a lagging replica wait N ms (default 1000)
 //!         --timeout-ms N             per endpoint attempt (default 5000)
 //!         --cacert FILE              trust for https:// endpoints (the cluster CA)
-//!         --cert FILE --key FILE     client certificate
+//!         --client-cert FILE --client-key FILE   client certificate
+//!         -o text|json|table         output format
 //!         --token-file FILE          bearer token (or $MESHKV_TOKEN)
 //! ```
 //!
@@ -41,7 +42,8 @@
 //! one of their updates (the guarantee then covers the one kept).
 
 use crate::http::{
-    decode_key, encode_key, AFTER_HEADER, CONSISTENCY_HEADER, VERSION_HEADER, WAIT_HEADER,
+    decode_key, encode_key, AFTER_HEADER, CONSISTENCY_HEADER, PREVIOUS_VERSION_HEADER,
+    VERSION_HEADER, WAIT_HEADER,
 };
 use crate::pki::{self, Role};
 use backon::Retryable;
@@ -78,6 +80,9 @@ pub mod exit {
     pub const LOCAL: u8 = 6;
     /// `ERR_PRECONDITION`: `--if-version` / `--if-absent` did not hold.
     pub const PRECONDITION: u8 = 7;
+    /// `status`: every endpoint answered, but a server is not ready or its disk is
+    /// full, a link is not up, or the digests differ (`--check` says which).
+    pub const UNHEALTHY: u8 = 8;
 }
 
 /// A server's HTTP endpoint: `http://host:port` or `https://host:port`.
@@ -659,11 +664,14 @@ pub struct ClientArgs {
     #[arg(long)]
     pub cacert: Option<PathBuf>,
     /// Client certificate (PEM), for servers that require one.
-    #[arg(long = "cert", id = "client_cert", requires = "client_key")]
+    #[arg(long = "client-cert", id = "client_cert", requires = "client_key")]
     pub cert: Option<PathBuf>,
-    /// Client key (PEM).
-    #[arg(long = "key", id = "client_key", requires = "client_cert")]
+    /// Client key (PEM) of --client-cert.
+    #[arg(long = "client-key", id = "client_key", requires = "client_cert")]
     pub key: Option<PathBuf>,
+    /// Output format: text, json (one object per line) or table.
+    #[arg(short = 'o', long = "output", value_enum, default_value = "text")]
+    pub output: Output,
     /// File holding the bearer token [default: $MESHKV_TOKEN].
     #[arg(long)]
     pub token_file: Option<PathBuf>,
@@ -714,7 +722,7 @@ impl ClientArgs {
             }
             None if self.cert.is_some() => {
                 return Err(usage(
-                    "--cert needs --cacert (client certificates are for https)".into(),
+                    "--client-cert needs --cacert (client certificates are for https)".into(),
                 ))
             }
             None => None,
@@ -880,9 +888,12 @@ fn finish(r: Result<u8, Fail>) -> u8 {
     }
 }
 
+/// Write to stdout. A closed stdout (the reader of a pipe left, as `| head` does) is
+/// not an error: the output is simply not wanted any more.
 fn write_out(bytes: &[u8], newline: bool) -> Result<(), Fail> {
     let mut out = std::io::stdout().lock();
-    out.write_all(bytes)
+    let r = out
+        .write_all(bytes)
         .and_then(|_| {
             if newline {
                 out.write_all(b"\n")
@@ -890,8 +901,13 @@ fn write_out(bytes: &[u8], newline: bool) -> Result<(), Fail> {
                 Ok(())
             }
         })
-        .and_then(|_| out.flush())
-        .map_err(|e| Fail(exit::LOCAL, format!("cannot write to stdout: {e}")))
+        .and_then(|_| out.flush());
+    match r {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(Fail(exit::LOCAL, format!("cannot write to stdout: {e}")))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// `meshkv get KEY`: print the value (plus a newline unless `raw`).
@@ -903,7 +919,18 @@ pub async fn get(args: &ClientArgs, key: &[u8], raw: bool) -> u8 {
             match r.status {
                 200 => {
                     ctx.remember(key, r.version())?;
-                    write_out(&r.body, !raw)?;
+                    if args.output == Output::Text {
+                        write_out(&r.body, !raw)?;
+                    } else {
+                        print_records(
+                            args.output,
+                            &[vec![
+                                ("key", pct(key)),
+                                ("value", pct(&r.body)),
+                                ("version", r.header(VERSION_HEADER).into()),
+                            ]],
+                        )?;
+                    }
                     Ok(exit::OK)
                 }
                 404 => {
@@ -920,14 +947,60 @@ pub async fn get(args: &ClientArgs, key: &[u8], raw: bool) -> u8 {
     )
 }
 
-/// How `ls` and `watch` print.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+/// How a command prints (`-o`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum Output {
-    /// `KEY` (or `KEY<TAB>VALUE` with values) per line; `watch`: `put KEY VALUE` /
-    /// `delete KEY` / `reset` per line.
+    /// Plain text: the value (`get`), keys (`ls`), one line per endpoint (`status`),
+    /// `put KEY VALUE` / `delete KEY` / `reset` lines (`watch`).
+    #[default]
     Text,
-    /// One JSON object per line, keys and values percent-encoded as the server sends.
+    /// One JSON object per line (keys and values percent-encoded, as the server
+    /// sends them in listings).
     Json,
+    /// A table (comfy-table); `watch` prints text.
+    Table,
+}
+
+/// One record of `-o json|table`: fields in order.
+type Record = Vec<(&'static str, serde_json::Value)>;
+
+/// Print records as JSON lines or as one table (`text` is the caller's business).
+fn print_records(out: Output, records: &[Record]) -> Result<(), Fail> {
+    let mut buf = String::new();
+    match out {
+        Output::Text => {}
+        Output::Json => {
+            for r in records {
+                let o: serde_json::Map<String, serde_json::Value> =
+                    r.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+                buf.push_str(&serde_json::Value::Object(o).to_string());
+                buf.push('\n');
+            }
+        }
+        Output::Table => {
+            let mut t = comfy_table::Table::new();
+            t.load_preset(comfy_table::presets::UTF8_FULL_CONDENSED);
+            if let Some(first) = records.first() {
+                t.set_header(first.iter().map(|(k, _)| *k));
+            }
+            for r in records {
+                t.add_row(r.iter().map(|(_, v)| match v {
+                    serde_json::Value::String(s) => s.clone(),
+                    serde_json::Value::Null => "-".to_string(),
+                    v => v.to_string(),
+                }));
+            }
+            buf.push_str(&t.to_string());
+            buf.push('\n');
+        }
+    }
+    write_out(buf.as_bytes(), false)
+}
+
+/// Bytes in a JSON record: percent-encoded (lossless for any bytes; plain text stays
+/// readable), as the server's listings have them.
+fn pct(b: &[u8]) -> serde_json::Value {
+    serde_json::Value::String(encode_key(b))
 }
 
 /// A listing page's item or a watch event's data, as the server sends it.
@@ -951,7 +1024,8 @@ fn decoded(s: &str, what: &str) -> Result<Vec<u8>, Fail> {
 }
 
 /// `meshkv ls [PREFIX]`: every live key under PREFIX, following the pages to the end.
-pub async fn ls(args: &ClientArgs, prefix: &[u8], values: bool, out: Output) -> u8 {
+pub async fn ls(args: &ClientArgs, prefix: &[u8], values: bool) -> u8 {
+    let out = args.output;
     finish(
         async {
             let ctx = args.ctx()?;
@@ -980,14 +1054,36 @@ pub async fn ls(args: &ClientArgs, prefix: &[u8], values: bool, out: Output) -> 
                 let page: Page = serde_json::from_slice(&r.body)
                     .map_err(|e| Fail(exit::REFUSED, format!("{ep} sent a bad listing: {e}")))?;
                 let mut buf = Vec::new();
-                for item in &page.items {
+                if out == Output::Table {
+                    let mut records = Vec::new();
+                    for item in &page.items {
+                        records.push(vec![
+                            (
+                                "key",
+                                serde_json::Value::String(show(&decoded(&item.key, "key")?)),
+                            ),
+                            (
+                                "value",
+                                match &item.value {
+                                    Some(v) => {
+                                        serde_json::Value::String(show(&decoded(v, "value")?))
+                                    }
+                                    None => serde_json::Value::Null,
+                                },
+                            ),
+                            ("version", item.version.clone().into()),
+                        ]);
+                    }
+                    print_records(out, &records)?;
+                }
+                for item in page.items.iter().filter(|_| out != Output::Table) {
                     match out {
                         Output::Json => {
                             let line = serde_json::to_string(item)
                                 .map_err(|e| Fail(exit::LOCAL, e.to_string()))?;
                             buf.extend_from_slice(line.as_bytes());
                         }
-                        Output::Text => {
+                        Output::Text | Output::Table => {
                             buf.extend(decoded(&item.key, "key")?);
                             if let (true, Some(v)) = (values, &item.value) {
                                 buf.push(b'\t');
@@ -1084,7 +1180,8 @@ impl SseParser {
 /// `meshkv watch [PREFIX]`: print every change under PREFIX as the server applies it,
 /// until interrupted; on a broken connection, resume from the last event's id
 /// through the next endpoint.
-pub async fn watch(args: &ClientArgs, prefix: &[u8], after: Option<String>, out: Output) -> u8 {
+pub async fn watch(args: &ClientArgs, prefix: &[u8], after: Option<String>) -> u8 {
+    let out = args.output;
     finish(
         async {
             let ctx = args.ctx()?;
@@ -1137,8 +1234,8 @@ pub async fn watch(args: &ClientArgs, prefix: &[u8], after: Option<String>, out:
                                 let v = serde_json::json!({"event": ev.event, "id": ev.id, "data": data});
                                 line.extend(v.to_string().into_bytes());
                             }
-                            Output::Text if ev.event == "reset" => line.extend(b"reset"),
-                            Output::Text => {
+                            _ if ev.event == "reset" => line.extend(b"reset"),
+                            Output::Text | Output::Table => {
                                 let item: Item = serde_json::from_str(&ev.data).map_err(|e| {
                                     Fail(exit::REFUSED, format!("{ep} sent a bad event: {e}"))
                                 })?;
@@ -1207,8 +1304,22 @@ pub async fn write(
             match r.status {
                 200 | 201 | 204 => {
                     ctx.remember(key, r.version())?;
-                    if prev && r.status == 200 {
-                        write_out(&r.body, true)?;
+                    let previous = (r.status == 200).then(|| &r.body[..]);
+                    match args.output {
+                        Output::Text => {
+                            if let (true, Some(p)) = (prev, previous) {
+                                write_out(p, true)?;
+                            }
+                        }
+                        out => print_records(
+                            out,
+                            &[vec![
+                                ("key", pct(key)),
+                                ("version", r.header(VERSION_HEADER).into()),
+                                ("previous_version", r.header(PREVIOUS_VERSION_HEADER).into()),
+                                ("previous", previous.map(pct).into()),
+                            ]],
+                        )?,
                     }
                     Ok(exit::OK)
                 }
@@ -1276,6 +1387,24 @@ pub async fn member(args: &ClientArgs, op: MemberOp) -> u8 {
                         if let MemberOp::List = op {
                             let list: Vec<serde_json::Value> = serde_json::from_slice(&r.body)
                                 .map_err(|e| Fail(exit::REFUSED, format!("{ep}: bad JSON: {e}")))?;
+                            if args.output != Output::Text {
+                                let field = |m: &serde_json::Value, k: &str| {
+                                    m.get(k).cloned().unwrap_or(serde_json::Value::Null)
+                                };
+                                let records: Vec<Record> = list
+                                    .iter()
+                                    .map(|m| {
+                                        vec![
+                                            ("id", field(m, "id")),
+                                            ("state", field(m, "state")),
+                                            ("link", field(m, "link")),
+                                            ("addr", field(m, "addr")),
+                                        ]
+                                    })
+                                    .collect();
+                                print_records(args.output, &records)?;
+                                return Ok(exit::OK);
+                            }
                             let mut text = String::new();
                             for m in list {
                                 // Strings as they are, numbers as numbers, null as "-".
@@ -1316,12 +1445,11 @@ pub fn stdin_value() -> Result<Vec<u8>, String> {
 }
 
 /// `meshkv status`: one line per endpoint (or a JSON array with `json`).
-pub async fn status(args: &ClientArgs, json: bool) -> u8 {
+pub async fn status(args: &ClientArgs, check: bool) -> u8 {
     finish(
         async {
             let ctx = args.ctx()?;
             let mut all = Vec::new();
-            let mut missing = 0;
             for ep in &ctx.endpoints {
                 let r = ctx
                     .client
@@ -1337,41 +1465,147 @@ pub async fn status(args: &ClientArgs, json: bool) -> u8 {
                     Ok(r) => Err(format!("{} {}", r.status, r.line())),
                     Err(e) => Err(e.to_string()),
                 };
-                if item.is_err() {
-                    missing += 1;
-                }
                 all.push((ep, item));
             }
-            if json {
-                let arr: Vec<serde_json::Value> = all
-                    .iter()
-                    .map(|(ep, it)| match it {
-                        Ok(v) => serde_json::json!({"endpoint": ep.url(), "status": v}),
-                        Err(e) => serde_json::json!({"endpoint": ep.url(), "error": e}),
-                    })
-                    .collect();
-                let text = serde_json::to_string_pretty(&arr)
-                    .map_err(|e| Fail(exit::LOCAL, e.to_string()))?;
-                write_out(text.as_bytes(), true)?;
-            } else {
-                let mut text = String::new();
-                for (ep, it) in &all {
-                    text.push_str(&match it {
-                        Ok(v) => summary(ep, v),
-                        Err(e) => format!("{ep}  unreachable: {e}"),
-                    });
-                    text.push('\n');
+            let problems = health(&all);
+            if check {
+                for p in &problems {
+                    eprintln!("meshkv: {p}");
                 }
-                write_out(text.as_bytes(), false)?;
+            } else {
+                match args.output {
+                    Output::Text => {
+                        let mut text = String::new();
+                        for (ep, it) in &all {
+                            text.push_str(&match it {
+                                Ok(v) => summary(ep, v),
+                                Err(e) => format!("{ep}  unreachable: {e}"),
+                            });
+                            text.push('\n');
+                        }
+                        write_out(text.as_bytes(), false)?;
+                    }
+                    Output::Json => print_records(
+                        Output::Json,
+                        &all.iter()
+                            .map(|(ep, it)| match it {
+                                Ok(v) => vec![("endpoint", ep.url().into()), ("status", v.clone())],
+                                Err(e) => {
+                                    vec![("endpoint", ep.url().into()), ("error", e.clone().into())]
+                                }
+                            })
+                            .collect::<Vec<_>>(),
+                    )?,
+                    Output::Table => print_records(
+                        Output::Table,
+                        &all.iter()
+                            .map(|(ep, it)| status_row(ep, it))
+                            .collect::<Vec<_>>(),
+                    )?,
+                }
             }
-            Ok(if missing > 0 {
+            let unreachable = all.iter().any(|(_, it)| it.is_err());
+            Ok(if unreachable {
                 exit::UNREACHABLE
+            } else if !problems.is_empty() {
+                exit::UNHEALTHY
             } else {
                 exit::OK
             })
         }
         .await,
     )
+}
+
+/// What is wrong with the cluster as these status documents show it: unreachable
+/// endpoints, servers not ready or with a full disk, links not up, digests that
+/// differ (each one line).
+fn health(all: &[(&Endpoint, Result<serde_json::Value, String>)]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut digests: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for (ep, it) in all {
+        let v = match it {
+            Err(e) => {
+                out.push(format!("{ep} unreachable: {e}"));
+                continue;
+            }
+            Ok(v) => v,
+        };
+        let node = v.get("node").and_then(|x| x.as_u64()).unwrap_or(0);
+        if v.get("ready") != Some(&serde_json::Value::Bool(true)) {
+            out.push(format!("server {node} ({ep}) is not ready (catching up)"));
+        }
+        if v.get("disk_full") == Some(&serde_json::Value::Bool(true)) {
+            out.push(format!(
+                "server {node} ({ep}): disk below the free-space reserve"
+            ));
+        }
+        for p in v
+            .get("peers")
+            .and_then(|p| p.as_array())
+            .into_iter()
+            .flatten()
+        {
+            let link = p.get("link").and_then(|l| l.as_str()).unwrap_or("?");
+            if link != "up" {
+                let id = p.get("id").and_then(|x| x.as_u64()).unwrap_or(0);
+                out.push(format!("server {node}: link to server {id} is {link}"));
+            }
+        }
+        let d = v.get("digest_root").and_then(|x| x.as_str()).unwrap_or("?");
+        digests.entry(d.to_string()).or_default().push(node);
+    }
+    if digests.len() > 1 {
+        let groups: Vec<String> = digests
+            .iter()
+            .map(|(d, nodes)| format!("{nodes:?} at {d}"))
+            .collect();
+        out.push(format!("digests differ: {}", groups.join(", ")));
+    }
+    out
+}
+
+fn status_row(ep: &Endpoint, it: &Result<serde_json::Value, String>) -> Record {
+    let v = match it {
+        Err(e) => {
+            return vec![
+                ("endpoint", ep.url().into()),
+                ("node", serde_json::Value::Null),
+                ("ready", serde_json::Value::Null),
+                ("keys", serde_json::Value::Null),
+                ("digest", serde_json::Value::Null),
+                ("links up", serde_json::Value::Null),
+                ("max lag", serde_json::Value::Null),
+                ("error", e.clone().into()),
+            ]
+        }
+        Ok(v) => v,
+    };
+    let peers = v
+        .get("peers")
+        .and_then(|p| p.as_array())
+        .cloned()
+        .unwrap_or_default();
+    let up = peers
+        .iter()
+        .filter(|p| p.get("link").and_then(|l| l.as_str()) == Some("up"))
+        .count();
+    let lag = peers
+        .iter()
+        .filter_map(|p| p.get("lag").and_then(|l| l.as_u64()))
+        .max()
+        .unwrap_or(0);
+    let get = |k: &str| v.get(k).cloned().unwrap_or(serde_json::Value::Null);
+    vec![
+        ("endpoint", ep.url().into()),
+        ("node", get("node")),
+        ("ready", get("ready")),
+        ("keys", get("keys")),
+        ("digest", get("digest_root")),
+        ("links up", format!("{up}/{}", peers.len()).into()),
+        ("max lag", lag.into()),
+        ("error", serde_json::Value::Null),
+    ]
 }
 
 fn summary(ep: &Endpoint, v: &serde_json::Value) -> String {

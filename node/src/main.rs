@@ -99,9 +99,6 @@ enum Cmd {
         /// Print `KEY<TAB>VALUE` lines (text output).
         #[arg(long)]
         values: bool,
-        /// Output format.
-        #[arg(short = 'o', long = "output", value_enum, default_value = "text")]
-        output: cli::Output,
         /// The key prefix (any bytes).
         prefix: Option<OsString>,
     },
@@ -112,9 +109,6 @@ enum Cmd {
         /// Resume after this event id (printed with -o json).
         #[arg(long)]
         after: Option<String>,
-        /// Output format.
-        #[arg(short = 'o', long = "output", value_enum, default_value = "text")]
-        output: cli::Output,
         /// The key prefix (any bytes).
         prefix: Option<OsString>,
     },
@@ -122,9 +116,10 @@ enum Cmd {
     Status {
         #[command(flatten)]
         client: ClientArgs,
-        /// Print the servers' JSON status documents.
+        /// Print nothing but what is wrong (unreachable endpoints, servers not ready,
+        /// links not up, digests that differ), one line each on stderr.
         #[arg(long)]
-        json: bool,
+        check: bool,
     },
     /// Change or list the cluster's membership (one endpoint is enough: the change is
     /// replicated to every server).
@@ -274,22 +269,20 @@ async fn run(cli: Cli) -> Result<u8, String> {
         Cmd::Ls {
             client,
             values,
-            output,
             prefix,
         } => {
             let prefix = prefix.as_deref().map(cli::arg_bytes).unwrap_or_default();
-            Ok(cli::ls(&client, &prefix, values, output).await)
+            Ok(cli::ls(&client, &prefix, values).await)
         }
         Cmd::Watch {
             client,
             after,
-            output,
             prefix,
         } => {
             let prefix = prefix.as_deref().map(cli::arg_bytes).unwrap_or_default();
-            Ok(cli::watch(&client, &prefix, after, output).await)
+            Ok(cli::watch(&client, &prefix, after).await)
         }
-        Cmd::Status { client, json } => Ok(cli::status(&client, json).await),
+        Cmd::Status { client, check } => Ok(cli::status(&client, check).await),
         Cmd::Member { cmd } => {
             let (client, op) = match cmd {
                 MemberCmd::Add { client, id, addr } => (client, cli::MemberOp::Add(id, addr)),

@@ -328,24 +328,22 @@ fn session_file_gives_read_your_writes_and_err_dep_across_commands() -> Result<(
     expect(run(&["get", "--endpoints", u1, "--session", s, "k"])?, 1)?;
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let o = expect(
-            run(&["status", "--endpoints", &format!("{u0},{u1}"), "--json"])?,
-            0,
-        )?;
-        let v: serde_json::Value = serde_json::from_str(&o.stdout)?;
-        let left: u64 = v
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|e| e["status"]["tombstones"].as_u64())
-                    .sum()
-            })
-            .unwrap_or(1);
+        // Healthy (0) or digests still differing for a moment (8).
+        let o = run(&["status", "--endpoints", &format!("{u0},{u1}"), "-o", "json"])?;
+        assert!(matches!(o.code, 0 | 8), "{o:?}");
+        let left: u64 = o
+            .stdout
+            .lines()
+            .map(serde_json::from_str::<serde_json::Value>)
+            .collect::<Result<Vec<_>, _>>()?
+            .iter()
+            .filter_map(|e| e["status"]["tombstones"].as_u64())
+            .sum();
         if left == 0 {
             break;
         }
         if Instant::now() > deadline {
-            bail!("tombstones never dropped: {v}");
+            bail!("tombstones never dropped: {o:?}");
         }
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -373,7 +371,9 @@ fn status_prints_every_endpoint() -> Result<()> {
     // Wait for the link so the summary is stable.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let o = expect(run(&["status", "--endpoints", &eps])?, 0)?;
+        // 8 (not healthy) until the link is up.
+        let o = run(&["status", "--endpoints", &eps])?;
+        assert!(matches!(o.code, 0 | 8), "{o:?}");
         let lines: Vec<&str> = o.stdout.lines().collect();
         assert_eq!(lines.len(), 2, "{o:?}");
         assert!(
@@ -388,16 +388,124 @@ fn status_prints_every_endpoint() -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    let o = expect(run(&["status", "--endpoints", &eps, "--json"])?, 0)?;
-    let v: serde_json::Value = serde_json::from_str(&o.stdout)?;
+    let o = expect(run(&["status", "--endpoints", &eps, "-o", "json"])?, 0)?;
+    let v: Vec<serde_json::Value> = o
+        .stdout
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    assert_eq!(v.len(), 2, "{o:?}");
     assert_eq!(v[1]["status"]["node"], 1);
     assert!(v[0]["status"]["digest_root"].is_string());
+    let o = expect(run(&["status", "--endpoints", &eps, "-o", "table"])?, 0)?;
+    assert!(
+        o.stdout.contains("digest") && o.stdout.contains("1/1"),
+        "{o:?}"
+    );
+    let o = expect(run(&["status", "--endpoints", &eps, "--check"])?, 0)?;
+    assert!(o.stdout.is_empty() && o.stderr.is_empty(), "{o:?}");
+    // A closed stdout is not an error.
+    let sh = format!("{BIN} status --endpoints {eps} -o json | head -c 1");
+    let o = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(&sh)
+        .output()?;
+    assert!(
+        o.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 
     let with_dead = format!("{eps},http://127.0.0.1:{}", closed_port()?);
     let o = run(&["status", "--endpoints", &with_dead])?;
     assert_eq!(o.code, 4, "{o:?}");
     assert_eq!(o.stdout.lines().count(), 3, "{o:?}");
     assert!(o.stdout.contains("unreachable"), "{o:?}");
+    let o = run(&["status", "--endpoints", &with_dead, "--check"])?;
+    assert_eq!(o.code, 4, "{o:?}");
+    assert!(
+        o.stdout.is_empty() && o.stderr.contains("unreachable"),
+        "{o:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn status_exits_8_with_a_peer_down_and_check_says_which() -> Result<()> {
+    // Three servers; 2 is killed: 0 and 1 answer, their links to 2 go down.
+    let mut cl = cluster(&[vec![0, 1, 2], vec![0, 1, 2], vec![0, 1, 2]], "")?;
+    drop(cl.procs.remove(2));
+    let eps = cl.urls[..2].join(",");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let o = loop {
+        let o = run(&["status", "--endpoints", &eps, "--check"])?;
+        if o.stderr.matches("link to server 2 is down").count() == 2 || Instant::now() > deadline {
+            break o;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(o.code, 8, "{o:?}");
+    assert_eq!(
+        o.stderr.matches("link to server 2 is down").count(),
+        2,
+        "{o:?}"
+    );
+    assert!(o.stdout.is_empty(), "{o:?}");
+    let o = run(&["status", "--endpoints", &eps])?;
+    assert_eq!((o.code, o.stdout.lines().count()), (8, 2), "{o:?}");
+    // get -o json, put -o json: parsed.
+    let u0 = cl.urls[0].clone();
+    let o = expect(
+        run(&[
+            "put",
+            "--endpoints",
+            &u0,
+            "-o",
+            "json",
+            "--consistency",
+            "session",
+            "a/b",
+            "v 1",
+        ])?,
+        0,
+    )?;
+    let put: serde_json::Value = serde_json::from_str(o.stdout.trim())?;
+    assert_eq!(
+        (&put["key"], &put["previous"]),
+        (&"a%2Fb".into(), &serde_json::Value::Null)
+    );
+    let o = expect(
+        run(&[
+            "get",
+            "--endpoints",
+            &u0,
+            "-o",
+            "json",
+            "--consistency",
+            "session",
+            "a/b",
+        ])?,
+        0,
+    )?;
+    let got: serde_json::Value = serde_json::from_str(o.stdout.trim())?;
+    assert_eq!(got["value"], "v%201");
+    assert_eq!(got["version"], put["version"]);
+    let o = expect(run(&["ls", "--endpoints", &u0, "-o", "table"])?, 0)?;
+    assert!(
+        o.stdout.contains("a/b") && o.stdout.contains("v 1"),
+        "{o:?}"
+    );
+    let o = expect(
+        run(&["member", "list", "--endpoints", &u0, "-o", "json"])?,
+        0,
+    )?;
+    let members: Vec<serde_json::Value> = o
+        .stdout
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    assert_eq!(members.len(), 3, "{o:?}");
+    cl.procs.clear();
     Ok(())
 }
 
@@ -429,9 +537,9 @@ fn https_with_client_certificate_and_token() -> Result<()> {
         url,
         "--cacert",
         ca,
-        "--cert",
+        "--client-cert",
         cert,
-        "--key",
+        "--client-key",
         key,
     ];
     let with = |extra: &[&str]| -> Vec<String> {
