@@ -6,14 +6,15 @@ use meshkv_faultsuite::check;
 use meshkv_faultsuite::faults::FaultCmds;
 use meshkv_faultsuite::history::History;
 use meshkv_faultsuite::http::Endpoint;
-use meshkv_faultsuite::kv::{ClientCfg, KvClient};
+use meshkv_faultsuite::kv::{self, Backend, ClientCfg};
+use meshkv_faultsuite::kv739::{self, Kv739Cfg};
 use meshkv_faultsuite::mock;
 use meshkv_faultsuite::report::{self, Outcome};
 use meshkv_faultsuite::workloads::{Fault, Sizes, Suite};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 #[derive(Parser)]
 #[command(
@@ -21,9 +22,10 @@ use std::time::{Duration, Instant};
     version,
     about = "The seed's fault test suite for any server speaking the meshkv HTTP API",
     long_about = "The seed's fault test suite for any server speaking the meshkv HTTP API \
-(GET/PUT /kv/{key}, PUT returns the previous value). Talks HTTP only; faults are injected \
-by the commands you give (--kill-cmd, --restart-cmd, --partition-cmd, --heal-cmd), e.g. \
-vm-setup/local-vms.sh for the local network-namespace emulation."
+(GET/PUT /kv/{key}, PUT returns the previous value), or for any store with a CS739 (2012) \
+C library (--kv739 lib739kv.so: kv739_init/fail/recover/get/put/shutdown). Faults are \
+injected by the commands you give (--kill-cmd, --restart-cmd, --partition-cmd, --heal-cmd), \
+e.g. vm-setup/local-vms.sh for the local network-namespace emulation."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -53,14 +55,35 @@ enum Cmd {
         #[arg(long, default_value = "shared")]
         mode: String,
     },
+    /// (Internal) one client's CS739 library instance: load LIB, kv739_init it with
+    /// SERVERS and answer JSON-line requests on stdin (started by `run --kv739`).
+    #[command(hide = true)]
+    Kv739Worker {
+        /// The library.
+        #[arg(long)]
+        lib: PathBuf,
+        /// Server names (host:port), comma-separated, in id order.
+        #[arg(long, value_delimiter = ',', required = true)]
+        servers: Vec<String>,
+        /// The server that heads the init list.
+        #[arg(long, default_value_t = 0)]
+        first: usize,
+    },
 }
 
 #[derive(Args)]
 struct RunArgs {
     /// The servers' HTTP addresses, comma-separated, in id order
-    /// (http://10.77.0.1:8080,...).
+    /// (http://10.77.0.1:8080,...); with --kv739, the host:port names the library's
+    /// kv739_init, kv739_fail and kv739_recover take.
     #[arg(long, value_delimiter = ',', required = true)]
     servers: Vec<String>,
+    /// Drive the servers through this CS739 (2012) C library (lib739kv.so) instead of
+    /// HTTP: one worker process (its own kv739_init) per client, pinned to a server
+    /// with kv739_fail/kv739_recover. The header options do not apply; the workers
+    /// inherit the environment (e.g. MESHKV_CONSISTENCY for meshkv's libkv739).
+    #[arg(long, value_name = "LIB")]
+    kv739: Option<PathBuf>,
     /// Tests to run, in order.
     #[arg(default_value = "all")]
     tests: Vec<String>,
@@ -89,9 +112,12 @@ struct RunArgs {
     #[arg(long, default_value = "X-Meshkv-After")]
     after_header: String,
     /// Consistency level asked for on every request (meshkv: session or
-    /// linearizable; empty: none, the server's default).
-    #[arg(long, default_value = "session")]
-    consistency: String,
+    /// linearizable; empty: none, the server's default) [default: session]. With
+    /// --kv739 [default: none]: passed to the workers as MESHKV_CONSISTENCY (what
+    /// meshkv's libkv739 reads; other libraries ignore it); either way
+    /// `linearizable` makes the tests assert linearizability.
+    #[arg(long)]
+    consistency: Option<String>,
     /// Request header carrying the level (empty: never sent).
     #[arg(long, default_value = "X-Meshkv-Consistency")]
     consistency_header: String,
@@ -201,26 +227,6 @@ fn parse_groups(s: &str, n: usize) -> Result<(Vec<usize>, Vec<usize>), String> {
     }
 }
 
-async fn wait_ready(cfg: &Arc<ClientCfg>, timeout: Duration) -> Result<(), String> {
-    let deadline = Instant::now() + timeout;
-    let mut c = KvClient::new(cfg.clone(), 9999, Instant::now());
-    for s in 0..cfg.servers.len() {
-        loop {
-            match c.health(s).await {
-                Ok(()) => break,
-                Err(e) if Instant::now() >= deadline => {
-                    return Err(format!(
-                        "server {s} ({}) not healthy after {timeout:?}: {e}",
-                        cfg.servers[s]
-                    ))
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-            }
-        }
-    }
-    Ok(())
-}
-
 async fn run(a: RunArgs) -> Result<bool, String> {
     let servers = a
         .servers
@@ -258,9 +264,21 @@ async fn run(a: RunArgs) -> Result<bool, String> {
         .unwrap_or_else(|| PathBuf::from(format!("results/faults-{}", unix_now())));
     std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
     let mut cfg = ClientCfg::new(servers);
+    cfg.level = a.consistency.clone().unwrap_or_else(|| "session".into());
+    if let Some(lib) = &a.kv739 {
+        let lib =
+            std::fs::canonicalize(lib).map_err(|e| format!("--kv739 {}: {e}", lib.display()))?;
+        // Load it once here, so that a missing symbol is one clear line up front.
+        kv739::Api::load(&lib)?;
+        let mut k = Kv739Cfg::new(lib)?;
+        cfg.level = a.consistency.clone().unwrap_or_default();
+        if !cfg.level.is_empty() {
+            k.env.push(("MESHKV_CONSISTENCY".into(), cfg.level.clone()));
+        }
+        cfg.backend = Backend::Kv739(Arc::new(k));
+    }
     cfg.session = !a.no_session;
     cfg.after_header = a.after_header.clone();
-    cfg.level = a.consistency.clone();
     cfg.level_header = a.consistency_header.clone();
     cfg.version_header = a.version_header.clone();
     cfg.wait_header = a.wait_header.clone();
@@ -298,17 +316,24 @@ async fn run(a: RunArgs) -> Result<bool, String> {
         fault_min: Duration::from_millis(a.fault_min_ms),
         fault_max: Duration::from_millis(a.fault_max_ms.max(a.fault_min_ms)),
     };
-    wait_ready(
+    kv::wait_ready(
         &Arc::new(cfg.clone()),
         Duration::from_secs(a.ready_timeout_s),
     )
     .await?;
-    eprintln!(
-        "meshkv-test: {} servers, session token {}, results in {}",
-        n,
-        if cfg.session { "sent" } else { "not sent" },
-        out.display()
-    );
+    match &a.kv739 {
+        Some(lib) => eprintln!(
+            "meshkv-test: {n} servers through {} (one worker process per client), results in {}",
+            lib.display(),
+            out.display()
+        ),
+        None => eprintln!(
+            "meshkv-test: {} servers, session token {}, results in {}",
+            n,
+            if cfg.session { "sent" } else { "not sent" },
+            out.display()
+        ),
+    }
     let mut outcomes: Vec<Outcome> = Vec::new();
     for t in &tests {
         let o = match t.as_str() {
@@ -449,10 +474,13 @@ async fn serve_mock(n: usize, mode: &str) -> Result<(), String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // A worker serves one client, one call at a time: one thread (and the blocking
+    // thread of the library's calls) is enough.
+    let mut builder = match cli.cmd {
+        Cmd::Kv739Worker { .. } => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
+    let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("meshkv-test: cannot start the runtime: {e}");
@@ -464,6 +492,11 @@ fn main() -> ExitCode {
             Cmd::Run(a) => run(*a).await,
             Cmd::Check { files } => check_files(&files),
             Cmd::Mock { n, mode } => serve_mock(n, &mode).await.map(|()| true),
+            Cmd::Kv739Worker {
+                lib,
+                servers,
+                first,
+            } => kv739::worker(&lib, servers, first).await.map(|()| true),
         }
     });
     match r {

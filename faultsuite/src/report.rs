@@ -1,11 +1,15 @@
-//! Results: the figures of a test, its table, its JSON record and its plot (SVG:
-//! latency of every request over time, errors in red, faults shaded).
+//! Results: the figures of a test, its table (comfy-table), its JSON record and its
+//! plot (plotters' SVG backend: latency of every request over time, errors in red,
+//! faults shaded).
 
 use crate::check::{Break, Lost, Stale};
 use crate::history::{Event, History, Op, OpKind};
+use comfy_table::{CellAlignment, ContentArrangement, Table};
+use hdrhistogram::Histogram;
+use plotters::element::DashedPathElement;
+use plotters::prelude::*;
 use serde::Serialize;
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 
 /// Latency percentiles, milliseconds.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -23,23 +27,30 @@ pub struct Latency {
 }
 
 impl Latency {
-    /// Percentiles of the given requests' latencies.
+    /// Latencies of the given requests: percentiles from an HDR histogram of
+    /// microseconds (3 significant digits: within 0.1 %), mean and max exact.
     pub fn of<'a>(ops: impl Iterator<Item = &'a Op>) -> Latency {
-        let mut v: Vec<f64> = ops.map(Op::latency_ms).collect();
-        if v.is_empty() {
+        let Ok(mut hist) = Histogram::<u64>::new(3) else {
+            return Latency::default();
+        };
+        let (mut sum, mut max) = (0u64, 0u64);
+        for op in ops {
+            let us = op.end_us.saturating_sub(op.start_us);
+            // Auto-resizing: no value is out of range.
+            let _ = hist.record(us);
+            sum = sum.saturating_add(us);
+            max = max.max(us);
+        }
+        if hist.is_empty() {
             return Latency::default();
         }
-        v.sort_by(|a, b| a.total_cmp(b));
-        let pct = |p: f64| {
-            let i = ((p / 100.0) * (v.len() as f64 - 1.0)).round() as usize;
-            v[i.min(v.len() - 1)]
-        };
+        let ms = |us: u64| us as f64 / 1000.0;
         Latency {
-            mean: v.iter().sum::<f64>() / v.len() as f64,
-            p50: pct(50.0),
-            p90: pct(90.0),
-            p99: pct(99.0),
-            max: v[v.len() - 1],
+            mean: sum as f64 / hist.len() as f64 / 1000.0,
+            p50: ms(hist.value_at_quantile(0.50)),
+            p90: ms(hist.value_at_quantile(0.90)),
+            p99: ms(hist.value_at_quantile(0.99)),
+            max: ms(max),
         }
     }
 }
@@ -227,24 +238,35 @@ impl Outcome {
                 format!("{}: {}", a.name, a.detail),
             ));
         }
-        let w = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
-        let vw = rows
-            .iter()
-            .map(|(_, v)| v.chars().count())
-            .max()
-            .unwrap_or(0)
-            .min(100);
-        let line = format!("+{}+{}+\n", "-".repeat(w + 2), "-".repeat(vw + 2));
-        let mut s = line.clone();
-        for (i, (k, v)) in rows.iter().enumerate() {
-            let _ = writeln!(s, "| {k:<w$} | {v:<vw$} |");
-            if i == 0 {
-                s.push_str(&line);
-            }
+        let mut t = new_table();
+        // The first row (the test's name) is the header: a rule under it.
+        let mut rows = rows.into_iter();
+        if let Some((k, v)) = rows.next() {
+            t.set_header(vec![k, v]);
         }
-        s.push_str(&line);
-        s
+        for (k, v) in rows {
+            t.add_row(vec![k, v]);
+        }
+        // Long values wrap at 100 columns rather than widen the whole table.
+        t.set_content_arrangement(ContentArrangement::Dynamic)
+            .set_width(140);
+        if let Some(c) = t.column_mut(1) {
+            c.set_constraint(comfy_table::ColumnConstraint::UpperBoundary(
+                comfy_table::Width::Fixed(102),
+            ));
+        }
+        format!("{t}\n")
     }
+}
+
+/// ASCII borders, a rule under the header, none between rows:
+/// `+---+`, `| a |`, `+---+`, `| b |`, ..., `+---+`.
+const PRESET: &str = "||--+-++|    ++++++";
+
+fn new_table() -> Table {
+    let mut t = Table::new();
+    t.load_preset(PRESET);
+    t
 }
 
 /// One row per test.
@@ -297,48 +319,27 @@ pub fn summary_table(outcomes: &[Outcome]) -> String {
             ]
         })
         .collect();
-    let mut w: Vec<usize> = head.iter().map(|h| h.len()).collect();
-    for r in &rows {
-        for (i, c) in r.iter().enumerate() {
-            w[i] = w[i].max(c.len());
-        }
-    }
-    let line = {
-        let mut l = String::from("+");
-        for x in &w {
-            l.push_str(&"-".repeat(x + 2));
-            l.push('+');
-        }
-        l.push('\n');
-        l
-    };
-    let fmt_row = |cells: Vec<String>| {
-        let mut l = String::from("|");
-        for (i, c) in cells.iter().enumerate() {
-            let _ = write!(l, " {c:>width$} |", width = w[i]);
-        }
-        l.push('\n');
-        l
-    };
-    let mut s = line.clone();
-    s.push_str(&fmt_row(head.iter().map(|h| h.to_string()).collect()));
-    s.push_str(&line);
+    let mut t = new_table();
+    t.set_header(head.to_vec());
     for r in rows {
-        s.push_str(&fmt_row(r));
+        t.add_row(r);
     }
-    s.push_str(&line);
-    s
+    for c in t.column_iter_mut() {
+        c.set_cell_alignment(CellAlignment::Right);
+    }
+    format!("{t}\n")
 }
 
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-}
+const PUT: RGBColor = RGBColor(0x2c, 0xa0, 0x2c);
+const GET: RGBColor = RGBColor(0x1f, 0x77, 0xb4);
+const FAILOVER: RGBColor = RGBColor(0xff, 0x7f, 0x0e);
+const ERROR: RGBColor = RGBColor(0xd6, 0x27, 0x28);
+const KILL: RGBColor = RGBColor(0xf5, 0xa6, 0x23);
+const PARTITION: RGBColor = RGBColor(0x9b, 0x59, 0xb6);
+const GREY: RGBColor = RGBColor(0x44, 0x44, 0x44);
 
 /// Shaded windows of faults: (start s, end s, label, colour), from the events.
-fn windows(events: &[Event], end_s: f64) -> Vec<(f64, f64, String, &'static str)> {
+fn windows(events: &[Event], end_s: f64) -> Vec<(f64, f64, String, RGBColor)> {
     let mut out = Vec::new();
     let mut open: Vec<(String, f64, String)> = Vec::new();
     for e in events {
@@ -365,134 +366,102 @@ fn windows(events: &[Event], end_s: f64) -> Vec<(f64, f64, String, &'static str)
     out
 }
 
-fn colour(kind: &str) -> &'static str {
+fn colour(kind: &str) -> RGBColor {
     if kind == "kill" {
-        "#f5a623"
+        KILL
     } else {
-        "#9b59b6"
+        PARTITION
     }
 }
 
 /// The plot of a test: every request's latency (log scale) over time; PUTs green,
-/// GETs blue, requests served after failover orange, errors red; fault windows
-/// shaded, other events as vertical lines.
-pub fn svg(h: &History, title: &str, subtitle: &str) -> String {
-    let (w, ht) = (1100.0f64, 500.0f64);
-    let (ml, mr, mt, mb) = (70.0, 20.0, 76.0, 50.0);
-    let pw = w - ml - mr;
-    let ph = ht - mt - mb;
+/// GETs blue, requests served after failover orange, errors red crosses; fault
+/// windows shaded, every event a dashed vertical line.
+pub fn svg(h: &History, title: &str, subtitle: &str) -> Result<String, String> {
+    let mut out = String::new();
+    draw(h, title, subtitle, &mut out).map_err(|e| format!("plot: {e}"))?;
+    Ok(out)
+}
+
+type DrawResult = Result<(), Box<dyn std::error::Error>>;
+
+fn draw(h: &History, title: &str, subtitle: &str, out: &mut String) -> DrawResult {
     let end_us = h
         .ops
         .iter()
         .map(|o| o.end_us)
         .chain(h.events.iter().map(|e| e.t_us))
         .max()
-        .unwrap_or(1)
-        .max(1);
+        .unwrap_or(0)
+        .max(1000);
     let end_s = end_us as f64 / 1e6;
     let maxlat = h.ops.iter().map(Op::latency_ms).fold(1.0, f64::max);
-    let (ylo, yhi) = (0.1f64.log10(), (maxlat * 1.5).max(10.0).log10().ceil());
-    let x = |t_us: u64| ml + pw * (t_us as f64 / 1e6) / end_s;
-    let xs = |s: f64| ml + pw * s / end_s;
-    let y = |ms: f64| {
-        let l = ms.max(0.1).log10();
-        mt + ph * (1.0 - (l - ylo) / (yhi - ylo))
-    };
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{ht}" viewBox="0 0 {w} {ht}" font-family="sans-serif" font-size="12">"#
-    );
-    let _ = writeln!(s, r#"<rect width="{w}" height="{ht}" fill="white"/>"#);
-    let _ = writeln!(
-        s,
-        r#"<text x="{ml}" y="20" font-size="16" font-weight="bold">{}</text>"#,
-        esc(title)
-    );
-    let _ = writeln!(
-        s,
-        r##"<text x="{ml}" y="38" fill="#444">{}</text>"##,
-        esc(subtitle)
-    );
-    // Fault windows and events.
+    let (ylo, yhi) = (0.1f64, 10f64.powf((maxlat * 1.5).max(10.0).log10().ceil()));
+    let at = |o: &Op| (o.start_us as f64 / 1e6, o.latency_ms().clamp(ylo, yhi));
+
+    let root = SVGBackend::with_string(out, (1100, 500)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let (head, body) = root.split_vertically(56);
+    let bold = ("sans-serif", 20).into_font().style(FontStyle::Bold);
+    head.draw(&Text::new(title.to_string(), (70, 8), bold))?;
+    let sub = ("sans-serif", 14).into_font().color(&GREY);
+    head.draw(&Text::new(subtitle.to_string(), (70, 32), sub))?;
+
+    let mut chart = ChartBuilder::on(&body)
+        .margin_left(16)
+        .margin_right(20)
+        .margin_top(6)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0f64..end_s, (ylo..yhi).log_scale())?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_desc("time since the test started (s)")
+        .y_desc("latency (ms, log scale)")
+        .y_label_formatter(&|v| {
+            if *v < 1.0 {
+                format!("{v:.1}")
+            } else {
+                format!("{v:.0}")
+            }
+        })
+        .draw()?;
+
+    // Fault windows (shaded, labelled) and every event (a dashed line).
+    let label_font = ("sans-serif", 13).into_font();
     for (a, b, label, c) in windows(&h.events, end_s) {
-        let (xa, xb) = (xs(a), xs(b.max(a)));
-        let _ = writeln!(
-            s,
-            r#"<rect x="{xa:.1}" y="{mt}" width="{:.1}" height="{ph}" fill="{c}" fill-opacity="0.18"/><text x="{:.1}" y="{:.1}" fill="{c}" font-weight="bold">{}</text>"#,
-            (xb - xa).max(1.0),
-            xa + 3.0,
-            mt + 14.0,
-            esc(&label)
-        );
+        chart.draw_series(std::iter::once(Rectangle::new(
+            [(a, ylo), (b.max(a), yhi)],
+            c.mix(0.18).filled(),
+        )))?;
+        chart.draw_series(std::iter::once(
+            EmptyElement::at((a, yhi)) + Text::new(label, (4, 4), label_font.clone().color(&c)),
+        ))?;
     }
     for e in &h.events {
-        let xe = x(e.t_us);
+        let t = e.t_us as f64 / 1e6;
         let c = match e.kind.as_str() {
-            "kill" | "restart" => "#e67e22",
-            "partition" | "heal" => "#8e44ad",
-            _ => "#555",
+            "kill" | "restart" => RGBColor(0xe6, 0x7e, 0x22),
+            "partition" | "heal" => RGBColor(0x8e, 0x44, 0xad),
+            _ => RGBColor(0x55, 0x55, 0x55),
         };
-        let _ = writeln!(
-            s,
-            r#"<line x1="{xe:.1}" y1="{mt}" x2="{xe:.1}" y2="{:.1}" stroke="{c}" stroke-dasharray="4 3"/><text x="{:.1}" y="{:.1}" fill="{c}" font-size="10" transform="rotate(-90 {:.1} {:.1})">{}</text>"#,
-            mt + ph,
-            xe - 3.0,
-            mt + ph - 4.0,
-            xe - 3.0,
-            mt + ph - 4.0,
-            esc(&format!("{} {}", e.kind, e.label))
-        );
+        chart.draw_series(std::iter::once(DashedPathElement::new(
+            vec![(t, ylo), (t, yhi)],
+            4,
+            3,
+            c,
+        )))?;
+        let text = ("sans-serif", 11)
+            .into_font()
+            .transform(FontTransform::Rotate270)
+            .color(&c);
+        chart.draw_series(std::iter::once(
+            EmptyElement::at((t, ylo))
+                + Text::new(format!("{} {}", e.kind, e.label), (-14, -6), text),
+        ))?;
     }
-    // Axes.
-    let _ = writeln!(
-        s,
-        r##"<rect x="{ml}" y="{mt}" width="{pw}" height="{ph}" fill="none" stroke="#333"/>"##
-    );
-    let mut d = ylo;
-    while d <= yhi + 1e-9 {
-        let ms = 10f64.powf(d);
-        let yy = y(ms);
-        let label = if ms < 1.0 {
-            format!("{ms:.1}")
-        } else {
-            format!("{ms:.0}")
-        };
-        let _ = writeln!(
-            s,
-            r##"<line x1="{ml}" y1="{yy:.1}" x2="{:.1}" y2="{yy:.1}" stroke="#ddd"/><text x="{:.1}" y="{:.1}" text-anchor="end">{label}</text>"##,
-            ml + pw,
-            ml - 6.0,
-            yy + 4.0
-        );
-        d += 1.0;
-    }
-    let step = nice_step(end_s / 10.0);
-    let mut t = 0.0;
-    while t <= end_s + 1e-9 {
-        let xx = xs(t);
-        let _ = writeln!(
-            s,
-            r##"<line x1="{xx:.1}" y1="{:.1}" x2="{xx:.1}" y2="{:.1}" stroke="#333"/><text x="{xx:.1}" y="{:.1}" text-anchor="middle">{}</text>"##,
-            mt + ph,
-            mt + ph + 5.0,
-            mt + ph + 18.0,
-            trim_num(t)
-        );
-        t += step;
-    }
-    let _ = writeln!(
-        s,
-        r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">time since the test started (s)</text>"#,
-        ml + pw / 2.0,
-        ht - 10.0
-    );
-    let _ = writeln!(
-        s,
-        r#"<text x="16" y="{:.1}" text-anchor="middle" transform="rotate(-90 16 {:.1})">latency (ms, log scale)</text>"#,
-        mt + ph / 2.0,
-        mt + ph / 2.0
-    );
+
     // Points: normal ones first (thinned when very many), then failovers, then errors.
     let normal: Vec<&Op> = h
         .ops
@@ -500,77 +469,55 @@ pub fn svg(h: &History, title: &str, subtitle: &str) -> String {
         .filter(|o| o.ok && o.server == o.target)
         .collect();
     let keep = (normal.len() / 20_000).max(1);
-    for (i, o) in normal.iter().enumerate() {
-        if i % keep != 0 {
-            continue;
-        }
-        let c = if o.kind == OpKind::Put {
-            "#2ca02c"
-        } else {
-            "#1f77b4"
-        };
-        let _ = writeln!(
-            s,
-            r#"<circle cx="{:.1}" cy="{:.1}" r="1.6" fill="{c}" fill-opacity="0.6"/>"#,
-            x(o.start_us),
-            y(o.latency_ms())
-        );
+    for (kind, c, name) in [(OpKind::Put, PUT, "PUT"), (OpKind::Get, GET, "GET")] {
+        chart
+            .draw_series(
+                normal
+                    .iter()
+                    .step_by(keep)
+                    .filter(|o| o.kind == kind)
+                    .map(|o| Circle::new(at(o), 2, c.mix(0.6).filled())),
+            )?
+            .label(name)
+            .legend(move |p| Circle::new(p, 5, c.filled()));
     }
-    for o in h.ops.iter().filter(|o| o.ok && o.server != o.target) {
-        let _ = writeln!(
-            s,
-            r##"<circle cx="{:.1}" cy="{:.1}" r="2.6" fill="#ff7f0e"/>"##,
-            x(o.start_us),
-            y(o.latency_ms())
-        );
+    chart
+        .draw_series(
+            h.ops
+                .iter()
+                .filter(|o| o.ok && o.server != o.target)
+                .map(|o| Circle::new(at(o), 3, FAILOVER.filled())),
+        )?
+        .label("served after failover")
+        .legend(|p| Circle::new(p, 5, FAILOVER.filled()));
+    chart
+        .draw_series(
+            h.ops
+                .iter()
+                .filter(|o| !o.ok)
+                .map(|o| Cross::new(at(o), 4, ERROR.stroke_width(2))),
+        )?
+        .label("error (not served)")
+        .legend(|p| Cross::new(p, 4, ERROR.stroke_width(2)));
+    for (c, name) in [
+        (KILL, "node down (shaded)"),
+        (PARTITION, "partitioned (shaded)"),
+    ] {
+        chart
+            .draw_series(std::iter::empty::<Circle<(f64, f64), i32>>())?
+            .label(name)
+            .legend(move |(x, y)| {
+                Rectangle::new([(x - 5, y - 5), (x + 5, y + 5)], c.mix(0.4).filled())
+            });
     }
-    for o in h.ops.iter().filter(|o| !o.ok) {
-        let (cx, cy) = (x(o.start_us), y(o.latency_ms()));
-        let _ = writeln!(
-            s,
-            r##"<path d="M{:.1} {:.1} l6 6 m0 -6 l-6 6" stroke="#d62728" stroke-width="2"/>"##,
-            cx - 3.0,
-            cy - 3.0
-        );
-    }
-    // Legend.
-    let items = [
-        ("#2ca02c", "PUT"),
-        ("#1f77b4", "GET"),
-        ("#ff7f0e", "served after failover"),
-        ("#d62728", "error (not served)"),
-        ("#f5a623", "node down (shaded)"),
-        ("#9b59b6", "partitioned (shaded)"),
-    ];
-    let mut lx = ml + 5.0;
-    for (c, label) in items {
-        let _ = writeln!(
-            s,
-            r#"<circle cx="{lx:.1}" cy="56" r="5" fill="{c}"/><text x="{:.1}" y="60">{label}</text>"#,
-            lx + 9.0
-        );
-        lx += 20.0 + 7.0 * label.len() as f64;
-    }
-    s.push_str("</svg>\n");
-    s
-}
-
-fn nice_step(raw: f64) -> f64 {
-    if raw <= 0.0 {
-        return 1.0;
-    }
-    let p = 10f64.powf(raw.log10().floor());
-    for m in [1.0, 2.0, 5.0, 10.0] {
-        if m * p >= raw {
-            return m * p;
-        }
-    }
-    10.0 * p
-}
-
-fn trim_num(t: f64) -> String {
-    let s = format!("{t:.2}");
-    s.trim_end_matches('0').trim_end_matches('.').to_string()
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .background_style(WHITE.mix(0.85))
+        .border_style(GREY)
+        .draw()?;
+    root.present()?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -599,9 +546,23 @@ mod tests {
         };
         let ops: Vec<Op> = (1..=100).map(mk).collect();
         let l = Latency::of(ops.iter());
-        assert_eq!(l.p50, 51.0);
-        assert_eq!(l.p99, 99.0);
+        // 3 significant digits: within 0.1 % of the exact percentiles.
+        let near = |got: f64, want: f64| (got - want).abs() <= want * 0.001;
+        assert!(near(l.p50, 50.0), "{l:?}");
+        assert!(near(l.p90, 90.0), "{l:?}");
+        assert!(near(l.p99, 99.0), "{l:?}");
         assert_eq!(l.max, 100.0);
+        assert_eq!(l.mean, 50.5);
+        // A long tail moves p99 and max, not the median.
+        let skewed: Vec<Op> = (0..1000)
+            .map(|i| mk(if i < 980 { 2 } else { 5000 }))
+            .collect();
+        let l = Latency::of(skewed.iter());
+        assert!(near(l.p50, 2.0) && near(l.p90, 2.0), "{l:?}");
+        assert!(near(l.p99, 5000.0), "{l:?}");
+        assert_eq!(l.max, 5000.0);
+        assert!(near(l.mean, 101.96), "{l:?}");
+        assert_eq!(Latency::of([].iter()).p99, 0.0);
         let h = History {
             test: "t".into(),
             servers: 1,
@@ -620,16 +581,121 @@ mod tests {
             ],
             final_values: None,
         };
-        let svg = svg(&h, "t <1>", "sub");
+        let svg = svg(&h, "t <1>", "sub").expect("plot");
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
         assert!(svg.contains("t &lt;1&gt;"));
         assert!(svg.contains("kill node 3"));
     }
 
+    fn op(start_ms: u64, ms: u64, kind: OpKind, ok: bool, server: usize) -> Op {
+        Op {
+            client: 0,
+            kind,
+            key: "k".into(),
+            value: None,
+            old: None,
+            found: false,
+            ok,
+            status: if ok { 200 } else { 0 },
+            server,
+            target: 0,
+            attempts: 1,
+            failed_at: vec![],
+            start_us: start_ms * 1000,
+            end_us: (start_ms + ms) * 1000,
+            error: None,
+            version: None,
+        }
+    }
+
     #[test]
-    fn steps_are_nice() {
-        assert_eq!(nice_step(0.7), 1.0);
-        assert_eq!(nice_step(3.0), 5.0);
-        assert_eq!(nice_step(12.0), 20.0);
+    fn the_plot_shows_every_kind_of_request_and_fault() {
+        let h = History {
+            test: "t".into(),
+            servers: 2,
+            ops: vec![
+                op(0, 2, OpKind::Put, true, 0),
+                op(10, 3, OpKind::Get, true, 0),
+                op(20, 700, OpKind::Put, true, 1),
+                op(30, 9000, OpKind::Get, false, 0),
+            ],
+            events: vec![
+                Event {
+                    t_us: 15_000,
+                    kind: "partition".into(),
+                    label: "{0}|{1}".into(),
+                },
+                Event {
+                    t_us: 900_000,
+                    kind: "heal".into(),
+                    label: "{0}|{1}".into(),
+                },
+            ],
+            final_values: None,
+        };
+        let svg = svg(&h, "title", "2 puts & 2 gets").expect("plot");
+        assert!(svg.contains("2 puts &amp; 2 gets"));
+        for colour in ["#2CA02C", "#1F77B4", "#FF7F0E", "#D62728", "#9B59B6"] {
+            assert!(svg.to_uppercase().contains(colour), "{colour} missing");
+        }
+        for text in [
+            "partition {0}|{1}",
+            "heal {0}|{1}",
+            "served after failover",
+            "error (not served)",
+            "time since the test started (s)",
+            "latency (ms, log scale)",
+        ] {
+            assert!(svg.contains(text), "{text:?} missing");
+        }
+        // The y axis reaches the decade above 1.5 x the slowest request (9 s).
+        assert!(
+            svg.contains(">\n100000\n<") || svg.contains(">100000<"),
+            "no 100000 label"
+        );
+        // Nothing but text elements carry text: no font was rasterised.
+        assert!(!svg.contains("<image"));
+        let empty = History::default();
+        assert!(svg_ok(&empty));
+    }
+
+    fn svg_ok(h: &History) -> bool {
+        svg(h, "empty", "").is_ok_and(|s| s.trim_end().ends_with("</svg>"))
+    }
+
+    #[test]
+    fn tables_are_drawn() {
+        let mut o = Outcome {
+            test: "base".into(),
+            description: "~".repeat(150),
+            ..Default::default()
+        };
+        o.assert("chain breaks zero", false, "3 breaks".into());
+        let t = o.table();
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(
+            lines[0].starts_with("+-") && lines[0].ends_with("-+"),
+            "{t}"
+        );
+        assert!(
+            lines[1].starts_with("| test ") && lines[1].contains("| base "),
+            "{t}"
+        );
+        assert!(lines[2].starts_with("+-"), "{t}");
+        assert!(t.contains("| assert FAIL "), "{t}");
+        assert!(t.contains("chain breaks zero: 3 breaks"), "{t}");
+        // Long values wrap instead of widening the table past 140 columns.
+        assert!(lines.iter().all(|l| l.chars().count() <= 140), "{t}");
+        assert_eq!(t.matches('~').count(), 150, "{t}");
+        let s = summary_table(&[o]);
+        let lines: Vec<&str> = s.lines().collect();
+        assert_eq!(lines.len(), 5, "{s}");
+        assert!(lines[1].contains("| chain breaks |"), "{s}");
+        // Right-aligned cells.
+        assert!(
+            lines[3].contains("|     base |") || lines[3].contains("| base |"),
+            "{s}"
+        );
+        assert!(lines[3].ends_with("FAIL |"), "{s}");
     }
 }

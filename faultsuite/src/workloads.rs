@@ -7,6 +7,7 @@ use crate::history::{History, Op, OpKind};
 use crate::kv::{ClientCfg, KvClient};
 use crate::progress::Progress;
 use crate::report::{self, Outcome};
+use backon::{ConstantBuilder, Retryable};
 use rand::{Rng, SeedableRng};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -131,68 +132,49 @@ impl Suite {
     }
 
     /// Wait until the given servers all hold identical values for `keys` (reads
-    /// without a session token), within the bound counted from `since`.
+    /// without a session token), within the bound counted from `since`: a round of
+    /// reads every 25 ms until they agree or the bound passes.
     pub async fn converge(&self, keys: &[String], servers: &[usize], since: Instant) -> Converge {
         let cfg = Arc::new(self.cfg.clone());
         let keys = Arc::new(keys.to_vec());
         let deadline = since + self.converge_bound;
-        let mut clients: Vec<KvClient> = servers
+        let clients: Vec<KvClient> = servers
             .iter()
             .map(|_| KvClient::new(cfg.clone(), 9000, since))
             .collect();
-        loop {
-            let mut handles = Vec::new();
-            for (i, mut c) in clients.drain(..).enumerate() {
-                let s = servers[i];
-                let keys = keys.clone();
-                handles.push(tokio::spawn(async move {
-                    let mut vals = Vec::with_capacity(keys.len());
-                    for k in keys.iter() {
-                        match c.read_at(s, k).await {
-                            Ok(v) => vals.push(v),
-                            Err(e) => return (c, Err(format!("server {s}: GET {k}: {e}"))),
-                        }
-                    }
-                    (c, Ok(vals))
-                }));
-            }
-            let mut snaps: Vec<Snapshot> = Vec::new();
-            for h in handles {
-                match h.await {
-                    Ok((c, r)) => {
-                        clients.push(c);
-                        snaps.push(r);
-                    }
-                    Err(e) => {
-                        clients.push(KvClient::new(cfg.clone(), 9000, since));
-                        snaps.push(Err(format!("reader task failed: {e}")));
-                    }
-                }
-            }
-            let first_ok = snaps.iter().find_map(|s| s.as_ref().ok()).cloned();
+        let clients = tokio::sync::Mutex::new(clients);
+        let round = || async {
+            let mut clients = clients.lock().await;
+            let snaps = snapshot(&mut clients, servers, &keys, &cfg, since).await;
             let agree = snaps.iter().all(|s| s.is_ok()) && snaps.windows(2).all(|w| w[0] == w[1]);
-            let finals = |v: Option<Vec<Option<String>>>| {
-                v.map(|v| keys.iter().cloned().zip(v).collect())
-                    .unwrap_or_default()
-            };
             if agree {
-                return Converge {
-                    converged: true,
-                    ms: since.elapsed().as_secs_f64() * 1000.0,
-                    finals: finals(first_ok),
-                    detail: String::new(),
-                };
+                Ok(snaps)
+            } else {
+                Err(snaps)
             }
-            if Instant::now() >= deadline {
-                let detail = describe_divergence(&keys, servers, &snaps);
-                return Converge {
-                    converged: false,
-                    ms: since.elapsed().as_secs_f64() * 1000.0,
-                    finals: finals(first_ok),
-                    detail,
-                };
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
+        };
+        let every = ConstantBuilder::new()
+            .with_delay(Duration::from_millis(25))
+            .without_max_times();
+        let (converged, snaps) = match round.retry(every).when(|_| Instant::now() < deadline).await
+        {
+            Ok(snaps) => (true, snaps),
+            Err(snaps) => (false, snaps),
+        };
+        let finals = snaps
+            .iter()
+            .find_map(|s| s.as_ref().ok())
+            .map(|v| keys.iter().cloned().zip(v.iter().cloned()).collect())
+            .unwrap_or_default();
+        Converge {
+            converged,
+            ms: since.elapsed().as_secs_f64() * 1000.0,
+            finals,
+            detail: if converged {
+                String::new()
+            } else {
+                describe_divergence(&keys, servers, &snaps)
+            },
         }
     }
 
@@ -224,8 +206,13 @@ impl Suite {
             o.convergence_ms.map_or("-".into(), |v| format!("{v:.0} ms")),
         );
         let title = format!("meshkv-test {}: {}", o.test, o.description);
-        if let Err(e) = std::fs::write(&files[1].0, report::svg(h, &title, &subtitle)) {
-            problems.push(format!("{}: {e}", files[1].0.display()));
+        match report::svg(h, &title, &subtitle) {
+            Ok(svg) => {
+                if let Err(e) = std::fs::write(&files[1].0, svg) {
+                    problems.push(format!("{}: {e}", files[1].0.display()));
+                }
+            }
+            Err(e) => problems.push(format!("{}: {e}", files[1].0.display())),
         }
         match serde_json::to_string_pretty(o) {
             Ok(j) => {
@@ -777,7 +764,7 @@ impl Suite {
             failover: false,
             ..self.cfg.clone()
         });
-        let mut reader = KvClient::new(reader_cfg, 3, t0);
+        let reader = tokio::sync::Mutex::new(KvClient::new(reader_cfg, 3, t0));
         let side_deadline = Instant::now() + Duration::from_secs(3);
         let mut per_server = Vec::new();
         for s in 0..n {
@@ -790,20 +777,33 @@ impl Suite {
             };
             let mut own = 0;
             for key in &keys {
+                // Read again every 20 ms until this side's value shows (at most
+                // until the side deadline; a server in neither group: once).
                 let want = format!("{key}-side-{side}");
-                loop {
-                    let r = reader.run(OpKind::Get, key, None, s).await;
-                    let hit = r.ok && r.value.as_deref() == Some(want.as_str());
-                    if hit || Instant::now() >= side_deadline || side.is_empty() {
-                        if hit {
-                            own += 1;
-                        }
-                        progress.inc(r.ok);
-                        ops.push(r);
-                        break;
+                let read = || async {
+                    let r = reader.lock().await.run(OpKind::Get, key, None, s).await;
+                    if r.ok && r.value.as_deref() == Some(want.as_str()) {
+                        Ok(r)
+                    } else {
+                        Err(r)
                     }
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
+                };
+                let every = ConstantBuilder::new()
+                    .with_delay(Duration::from_millis(20))
+                    .without_max_times();
+                let r = match read
+                    .retry(every)
+                    .when(|_| !side.is_empty() && Instant::now() < side_deadline)
+                    .await
+                {
+                    Ok(r) => {
+                        own += 1;
+                        r
+                    }
+                    Err(r) => r,
+                };
+                progress.inc(r.ok);
+                ops.push(r);
             }
             per_server.push(format!("server {s} ({side}): {own}/{}", keys.len()));
         }
@@ -845,6 +845,45 @@ impl Suite {
         let h = self.judge(&mut o, ops, rec.events(), &conv, false);
         self.finish(&h, o, dur)
     }
+}
+
+/// One round of reads: every key at every server (one client each, in parallel).
+async fn snapshot(
+    clients: &mut Vec<KvClient>,
+    servers: &[usize],
+    keys: &Arc<Vec<String>>,
+    cfg: &Arc<ClientCfg>,
+    since: Instant,
+) -> Vec<Snapshot> {
+    let mut handles = Vec::new();
+    for (i, mut c) in clients.drain(..).enumerate() {
+        let s = servers[i];
+        let keys = keys.clone();
+        handles.push(tokio::spawn(async move {
+            let mut vals = Vec::with_capacity(keys.len());
+            for k in keys.iter() {
+                match c.read_at(s, k).await {
+                    Ok(v) => vals.push(v),
+                    Err(e) => return (c, Err(format!("server {s}: GET {k}: {e}"))),
+                }
+            }
+            (c, Ok(vals))
+        }));
+    }
+    let mut snaps = Vec::new();
+    for h in handles {
+        match h.await {
+            Ok((c, r)) => {
+                clients.push(c);
+                snaps.push(r);
+            }
+            Err(e) => {
+                clients.push(KvClient::new(cfg.clone(), 9000, since));
+                snaps.push(Err(format!("reader task failed: {e}")));
+            }
+        }
+    }
+    snaps
 }
 
 async fn gather(handles: Vec<tokio::task::JoinHandle<Vec<Op>>>) -> Vec<Op> {
