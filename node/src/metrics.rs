@@ -11,6 +11,9 @@
 //! | `meshkv_http_connections` | gauge | | open HTTP connections |
 //! | `meshkv_http_connections_dropped_total` | counter | `reason` | HTTP connections closed by the connection limits: `per_ip_limit` (over `max_connections_per_ip`, closed at once), `shed_no_request` / `shed_idle` (closed to make room at `max_connections`: had not sent a request yet / idle between requests) |
 //! | `meshkv_node_id` | gauge | | this server's id |
+//! | `meshkv_build_info` | gauge | `version` | always 1: the running build |
+//! | `meshkv_linearizable_ops_total` / `meshkv_linearizable_retries_total` / `meshkv_linearizable_unavailable_total` | counter | | linearizable operations this server proposed: completed, attempts retried, answered `ERR_UNAVAILABLE` |
+//! | `process_cpu_seconds_total`, `process_resident_memory_bytes`, `process_virtual_memory_bytes`, `process_open_fds`, `process_max_fds`, `process_start_time_seconds` | counter / gauge | | the process, from `/proc/self` (the names Prometheus client libraries use) |
 //! | `meshkv_uptime_seconds` | gauge | | since start |
 //! | `meshkv_keys` / `meshkv_tombstones` / `meshkv_log_records` | gauge | | store size |
 //! | `meshkv_client_puts_total` / `meshkv_client_gets_total` | counter | | client requests (QUIC and HTTP) |
@@ -182,6 +185,88 @@ fn counter(enc: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> std::
     c.encode(m)
 }
 
+/// The `process_*` metrics Prometheus client libraries export, from `/proc/self`
+/// (Linux; elsewhere the ones that cannot be read are left out).
+fn process_metrics(enc: &mut DescriptorEncoder) -> std::fmt::Result {
+    // SAFETY: sysconf and getrlimit only read process-wide settings into a local.
+    let (tick, page) = unsafe {
+        (
+            libc::sysconf(libc::_SC_CLK_TCK),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
+    // /proc/self/stat: fields after the parenthesised command name.
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let field = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok());
+    // utime and stime are fields 14 and 15 of stat(5), i.e. 11 and 12 after the name;
+    // starttime (22) is 19; vsize (23) is 20; rss (24, pages) is 21.
+    if let (Some(u), Some(s), true) = (field(11), field(12), tick > 0) {
+        let c = ConstCounter::new((u + s) / tick as f64);
+        let m = enc.encode_descriptor(
+            "process_cpu_seconds",
+            "User and system CPU time spent, in seconds",
+            None,
+            c.metric_type(),
+        )?;
+        c.encode(m)?;
+    }
+    if let Some(v) = field(20) {
+        gauge(
+            enc,
+            "process_virtual_memory_bytes",
+            "Virtual memory size in bytes",
+            v,
+        )?;
+    }
+    if let (Some(rss), true) = (field(21), page > 0) {
+        gauge(
+            enc,
+            "process_resident_memory_bytes",
+            "Resident memory size in bytes",
+            rss * page as f64,
+        )?;
+    }
+    let boot = std::fs::read_to_string("/proc/stat").ok().and_then(|t| {
+        t.lines()
+            .find_map(|l| l.strip_prefix("btime "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+    });
+    if let (Some(start), Some(boot), true) = (field(19), boot, tick > 0) {
+        gauge(
+            enc,
+            "process_start_time_seconds",
+            "Start time of the process since the Unix epoch, in seconds",
+            boot + start / tick as f64,
+        )?;
+    }
+    if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
+        gauge(
+            enc,
+            "process_open_fds",
+            "Open file descriptors",
+            dir.count() as f64,
+        )?;
+    }
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the local struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
+        gauge(
+            enc,
+            "process_max_fds",
+            "Limit on open file descriptors",
+            lim.rlim_cur as f64,
+        )?;
+    }
+    Ok(())
+}
+
 /// One family with a `peer` label; `None` values are left out.
 fn per_peer(
     enc: &mut DescriptorEncoder,
@@ -208,6 +293,35 @@ impl Collector for StatusCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let st = self.server.status();
         let e = &mut enc;
+        process_metrics(e)?;
+        {
+            let labels = [("version", env!("CARGO_PKG_VERSION"))];
+            let mut fam = e.encode_descriptor(
+                "meshkv_build_info",
+                "The running build (always 1)",
+                None,
+                MetricType::Gauge,
+            )?;
+            ConstGauge::new(1i64).encode(fam.encode_family(&labels)?)?;
+        }
+        counter(
+            e,
+            "meshkv_linearizable_ops",
+            "Linearizable operations this server proposed and completed",
+            st.linearizable.ops,
+        )?;
+        counter(
+            e,
+            "meshkv_linearizable_retries",
+            "Linearizable attempts retried (a competing ballot, a lost message)",
+            st.linearizable.retries,
+        )?;
+        counter(
+            e,
+            "meshkv_linearizable_unavailable",
+            "Linearizable operations answered ERR_UNAVAILABLE",
+            st.linearizable.unavailable,
+        )?;
         gauge(e, "meshkv_node_id", "This server's id", st.node as f64)?;
         gauge(
             e,

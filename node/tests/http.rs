@@ -158,10 +158,27 @@ async fn round_trips_through_a_three_server_cluster() -> Result<()> {
         "meshkv_peer_bytes_sent_total{peer=\"2\"}",
         "meshkv_storage_fsyncs_total",
         "meshkv_peer_up{peer=\"1\"} 1",
+        "meshkv_build_info{version=\"",
+        "meshkv_linearizable_ops_total",
         "# EOF",
     ] {
         assert!(text.contains(want), "metrics lack {want}:\n{text}");
     }
+    // The process metrics people expect, with plausible values.
+    let value = |name: &str| -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+    };
+    let rss = value("process_resident_memory_bytes").unwrap_or(0.0);
+    assert!(rss > 1e6 && rss < 1e10, "resident memory {rss}:\n{text}");
+    let fds = value("process_open_fds").unwrap_or(0.0);
+    assert!(
+        fds >= 3.0 && fds <= value("process_max_fds").unwrap_or(0.0),
+        "{text}"
+    );
+    assert!(value("process_cpu_seconds_total").is_some(), "{text}");
+    let start = value("process_start_time_seconds").unwrap_or(0.0);
+    assert!(start > 1.7e9, "start time {start}");
     Ok(())
 }
 
