@@ -18,20 +18,28 @@ impl Endpoint {
     /// Parse `http://host:port`, `http://host:port/` or `host:port`.
     pub fn parse(s: &str) -> Result<Endpoint, String> {
         let s = s.trim();
-        if s.starts_with("https://") {
+        let full = if s.contains("://") {
+            s.to_string()
+        } else {
+            format!("http://{s}")
+        };
+        let bad = || format!("{s}: expected http://HOST:PORT");
+        let u = reqwest::Url::parse(&full).map_err(|_| bad())?;
+        if u.scheme() != "http" {
             return Err(format!("{s}: only plain http:// is supported"));
         }
-        let rest = s.strip_prefix("http://").unwrap_or(s);
-        let rest = rest.trim_end_matches('/');
-        if rest.is_empty() || rest.contains('/') {
-            return Err(format!("{s}: expected http://HOST:PORT"));
+        if !matches!(u.path(), "" | "/") || u.query().is_some() || !u.username().is_empty() {
+            return Err(bad());
         }
-        match rest.rsplit_once(':') {
-            Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(Endpoint {
-                authority: rest.to_string(),
-            }),
-            _ => Err(format!("{s}: expected http://HOST:PORT")),
-        }
+        let host = u.host_str().filter(|h| !h.is_empty()).ok_or_else(bad)?;
+        // A port is required; the URL parser hides an explicit :80.
+        let port = u
+            .port()
+            .or_else(|| full.trim_end_matches('/').ends_with(":80").then_some(80))
+            .ok_or_else(bad)?;
+        Ok(Endpoint {
+            authority: format!("{host}:{port}"),
+        })
     }
 }
 

@@ -100,39 +100,49 @@ impl Endpoint {
     /// Parse `http://h:p`, `https://h:p` or `h:p` (plain HTTP); a trailing `/` is fine.
     pub fn parse(s: &str) -> Result<Endpoint, String> {
         let t = s.trim();
-        let (https, rest) = if let Some(r) = t.strip_prefix("https://") {
-            (true, r)
-        } else if let Some(r) = t.strip_prefix("http://") {
-            (false, r)
-        } else if t.contains("://") {
-            return Err(format!(
-                "endpoint {s:?}: only http:// and https:// are supported"
-            ));
+        let full = if t.contains("://") {
+            t.to_string()
         } else {
-            (false, t)
+            format!("http://{t}")
         };
-        let rest = rest.strip_suffix('/').unwrap_or(rest);
-        if rest.contains('/') {
+        let u = reqwest::Url::parse(&full).map_err(|e| format!("endpoint {s:?}: {e}"))?;
+        let https = match u.scheme() {
+            "http" => false,
+            "https" => true,
+            _ => {
+                return Err(format!(
+                    "endpoint {s:?}: only http:// and https:// are supported"
+                ))
+            }
+        };
+        if !matches!(u.path(), "" | "/")
+            || u.query().is_some()
+            || u.fragment().is_some()
+            || !u.username().is_empty()
+        {
             return Err(format!("endpoint {s:?}: give only scheme, host and port"));
         }
-        let (host, port) = if let Some(r) = rest.strip_prefix('[') {
-            let (h, p) = r
-                .split_once("]:")
-                .ok_or_else(|| format!("endpoint {s:?}: want [v6-address]:port"))?;
-            (h, p)
-        } else {
-            rest.rsplit_once(':')
-                .ok_or_else(|| format!("endpoint {s:?}: want host:port"))?
-        };
-        if host.is_empty() {
-            return Err(format!("endpoint {s:?}: empty host"));
-        }
-        let port = port
-            .parse::<u16>()
-            .map_err(|_| format!("endpoint {s:?}: bad port {port:?}"))?;
+        let host = u
+            .host_str()
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| format!("endpoint {s:?}: empty host"))?;
+        // A port is required; the URL parser hides one equal to the scheme's default.
+        let authority = full
+            .split_once("://")
+            .map_or("", |(_, r)| r.split('/').next().unwrap_or(""));
+        let explicit = authority
+            .rsplit_once(':')
+            .is_some_and(|(_, p)| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+        let port = u
+            .port()
+            .or(u.port_or_known_default().filter(|_| explicit))
+            .ok_or_else(|| format!("endpoint {s:?}: want host:port"))?;
         Ok(Endpoint {
             https,
-            host: host.to_string(),
+            host: host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string(),
             port,
         })
     }
@@ -321,7 +331,8 @@ pub fn tls_config(
 }
 
 /// The HTTP client of the CLI and the tests: `reqwest` (HTTP/1.1, kept-alive pooled
-/// connections), plain or TLS through rustls on the ring provider, no proxies, no
+/// connections), plain or TLS through rustls on the ring provider only (the
+/// `rustls-tls-manual-roots` feature: no aws-lc-rs, no system roots), no proxies, no
 /// redirects.
 #[derive(Clone)]
 pub struct HttpClient {
@@ -357,18 +368,6 @@ fn call_error(e: reqwest::Error) -> CallError {
     }
 }
 
-/// A TLS config trusting nothing, for clients without a CA: reqwest is built without
-/// a process-wide crypto provider (only ring may be linked), so it always gets one.
-fn no_trust() -> Result<rustls::ClientConfig, String> {
-    Ok(rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| e.to_string())?
-    .with_root_certificates(rustls::RootCertStore::empty())
-    .with_no_client_auth())
-}
-
 fn build_client(
     tls: Option<&rustls::ClientConfig>,
     token: Option<&str>,
@@ -381,13 +380,12 @@ fn build_client(
             .map_err(|_| "the bearer token is not a valid header value".to_string())?;
         headers.insert(reqwest::header::AUTHORIZATION, v);
     }
-    let tls = match tls {
-        Some(c) => c.clone(),
-        None => no_trust()?,
-    };
-    reqwest::Client::builder()
-        .use_preconfigured_tls(tls)
-        .http1_only()
+    let mut b = reqwest::Client::builder();
+    // Without a CA, https endpoints are refused before any request (no roots here).
+    if let Some(c) = tls {
+        b = b.use_preconfigured_tls(c.clone());
+    }
+    b.http1_only()
         .no_proxy()
         .redirect(reqwest::redirect::Policy::none())
         .tcp_nodelay(true)
@@ -1565,6 +1563,25 @@ fn health(all: &[(&Endpoint, Result<serde_json::Value, String>)]) -> Vec<String>
     out
 }
 
+/// A status document's peers, how many have their link up, and the largest lag.
+fn peer_summary(v: &serde_json::Value) -> (Vec<serde_json::Value>, usize, u64) {
+    let peers = v
+        .get("peers")
+        .and_then(|p| p.as_array())
+        .cloned()
+        .unwrap_or_default();
+    let up = peers
+        .iter()
+        .filter(|p| p.get("link").and_then(|l| l.as_str()) == Some("up"))
+        .count();
+    let lag = peers
+        .iter()
+        .filter_map(|p| p.get("lag").and_then(|l| l.as_u64()))
+        .max()
+        .unwrap_or(0);
+    (peers, up, lag)
+}
+
 fn status_row(ep: &Endpoint, it: &Result<serde_json::Value, String>) -> Record {
     let v = match it {
         Err(e) => {
@@ -1581,20 +1598,7 @@ fn status_row(ep: &Endpoint, it: &Result<serde_json::Value, String>) -> Record {
         }
         Ok(v) => v,
     };
-    let peers = v
-        .get("peers")
-        .and_then(|p| p.as_array())
-        .cloned()
-        .unwrap_or_default();
-    let up = peers
-        .iter()
-        .filter(|p| p.get("link").and_then(|l| l.as_str()) == Some("up"))
-        .count();
-    let lag = peers
-        .iter()
-        .filter_map(|p| p.get("lag").and_then(|l| l.as_u64()))
-        .max()
-        .unwrap_or(0);
+    let (peers, up, lag) = peer_summary(v);
     let get = |k: &str| v.get(k).cloned().unwrap_or(serde_json::Value::Null);
     vec![
         ("endpoint", ep.url().into()),
@@ -1610,20 +1614,7 @@ fn status_row(ep: &Endpoint, it: &Result<serde_json::Value, String>) -> Record {
 
 fn summary(ep: &Endpoint, v: &serde_json::Value) -> String {
     let n = |k: &str| v.get(k).and_then(|x| x.as_u64()).unwrap_or(0);
-    let peers = v
-        .get("peers")
-        .and_then(|p| p.as_array())
-        .cloned()
-        .unwrap_or_default();
-    let up = peers
-        .iter()
-        .filter(|p| p.get("link").and_then(|l| l.as_str()) == Some("up"))
-        .count();
-    let lag: u64 = peers
-        .iter()
-        .filter_map(|p| p.get("lag").and_then(|l| l.as_u64()))
-        .max()
-        .unwrap_or(0);
+    let (peers, up, lag) = peer_summary(v);
     let links: Vec<String> = peers
         .iter()
         .map(|p| {
@@ -1682,7 +1673,22 @@ mod tests {
             Endpoint::parse("http://[::1]:8000").map(|e| e.authority()),
             Ok("[::1]:8000".to_string())
         );
-        for bad in ["", "ftp://x:1", "x", "x:99999", "http://x:1/kv", ":80"] {
+        assert_eq!(
+            Endpoint::parse("http://x:80").map(|e| e.port),
+            Ok(80),
+            "an explicit default port"
+        );
+        for bad in [
+            "",
+            "ftp://x:1",
+            "x",
+            "x:99999",
+            "http://x:1/kv",
+            ":80",
+            "http://x",
+            "http://u@x:1",
+            "http://x:1?q",
+        ] {
             assert!(Endpoint::parse(bad).is_err(), "{bad:?}");
         }
     }

@@ -49,6 +49,9 @@ fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
+#[path = "../../tests-shared/cargo_build.rs"]
+mod cargo_build;
+
 /// Build the cdylib into the target dir of this test (unless
 /// `MESHKV_SKIP_NODE_BUILD` is set), once, and return its path.
 fn build_lib() -> Result<PathBuf> {
@@ -61,40 +64,7 @@ fn build_lib() -> Result<PathBuf> {
 fn build_lib_once() -> Result<PathBuf> {
     let dir = bin_dir();
     if std::env::var_os("MESHKV_SKIP_NODE_BUILD").is_none() {
-        let profile = match dir.file_name().and_then(|n| n.to_str()) {
-            Some("debug") | None => "dev".to_owned(),
-            Some(other) => other.to_owned(),
-        };
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-        let mut cmd = Command::new(cargo);
-        cmd.current_dir(repo_root())
-            .args(["build", "-p", "kv739", "--profile", &profile]);
-        // The variables cargo sets for this test process would make build scripts
-        // rerun and the builds keep invalidating each other (as in driver/tests).
-        for (key, _) in std::env::vars_os() {
-            let Some(key) = key.to_str() else { continue };
-            if matches!(
-                key,
-                "CARGO_MANIFEST_DIR"
-                    | "CARGO_MANIFEST_PATH"
-                    | "CARGO_CRATE_NAME"
-                    | "CARGO_PRIMARY_PACKAGE"
-                    | "CARGO_TARGET_TMPDIR"
-                    | "CARGO_RUSTC_CURRENT_DIR"
-                    | "OUT_DIR"
-            ) || key.starts_with("CARGO_PKG_")
-                || key.starts_with("CARGO_BIN_")
-            {
-                cmd.env_remove(key);
-            }
-        }
-        if let Some(target_dir) = dir.parent() {
-            cmd.env("CARGO_TARGET_DIR", target_dir);
-        }
-        let status = cmd.status().context("running cargo build -p kv739")?;
-        if !status.success() {
-            bail!("`cargo build -p kv739 --profile {profile}` failed: {status}");
-        }
+        cargo_build::cargo_build(&repo_root(), &dir, "kv739", &[]).map_err(|e| anyhow!(e))?;
     }
     let lib = dir.join("libkv739.so");
     if !lib.exists() {

@@ -87,6 +87,9 @@ fn bin_dir() -> PathBuf {
 }
 
 /// `cargo test -p meshkv-master` builds only this package's binaries, but the
+#[path = "../../../tests-shared/cargo_build.rs"]
+mod cargo_build;
+
 /// master starts servers and clients from the `meshkv` binary of `meshkv-node`.
 /// Build it (a no-op when fresh) into the same target directory, once.
 pub fn ensure_node_binary() {
@@ -95,52 +98,12 @@ pub fn ensure_node_binary() {
         if std::env::var_os("MESHKV_SKIP_NODE_BUILD").is_some() {
             return Ok(());
         }
-        let dir = bin_dir();
-        let profile = match dir.file_name().and_then(|n| n.to_str()) {
-            Some("debug") | None => "dev".to_owned(),
-            Some(other) => other.to_owned(),
-        };
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-        let mut cmd = Command::new(cargo);
-        cmd.current_dir(repo_root()).args([
-            "build",
-            "-p",
+        cargo_build::cargo_build(
+            &repo_root(),
+            &bin_dir(),
             "meshkv-node",
-            "--bin",
-            "meshkv",
-            "--profile",
-            &profile,
-        ]);
-        // Cargo sets per-package variables for the test process; passed on, they make
-        // build scripts (ring's) rerun and the two builds keep invalidating each other.
-        for (key, _) in std::env::vars_os() {
-            let Some(key) = key.to_str() else { continue };
-            if matches!(
-                key,
-                "CARGO_MANIFEST_DIR"
-                    | "CARGO_MANIFEST_PATH"
-                    | "CARGO_CRATE_NAME"
-                    | "CARGO_PRIMARY_PACKAGE"
-                    | "CARGO_TARGET_TMPDIR"
-                    | "CARGO_RUSTC_CURRENT_DIR"
-                    | "OUT_DIR"
-            ) || key.starts_with("CARGO_PKG_")
-                || key.starts_with("CARGO_BIN_")
-            {
-                cmd.env_remove(key);
-            }
-        }
-        // target/<profile> -> target (no cross-compilation triple in the path).
-        if let Some(target_dir) = dir.parent() {
-            cmd.env("CARGO_TARGET_DIR", target_dir);
-        }
-        match cmd.status() {
-            Ok(s) if s.success() => Ok(()),
-            Ok(s) => Err(format!(
-                "`cargo build -p meshkv-node --bin meshkv` failed: {s}"
-            )),
-            Err(e) => Err(format!("could not run cargo to build meshkv-node: {e}")),
-        }
+            &["--bin", "meshkv"],
+        )
     });
     if let Err(e) = result {
         panic!("{e}");
