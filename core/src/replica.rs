@@ -951,6 +951,17 @@ impl Replica {
             .collect()
     }
 
+    /// Every entry held (tombstones and reserved keys included), in key order, with
+    /// the watermarks of this same store: a consistent snapshot.
+    pub fn snapshot(&self) -> (VersionVector, Vec<(Vec<u8>, Entry)>) {
+        let entries = self
+            .store
+            .iter()
+            .map(|(k, e)| (k.clone(), e.clone()))
+            .collect();
+        (self.seen().clone(), entries)
+    }
+
     /// Number of keys held, tombstones included.
     pub fn len(&self) -> usize {
         self.store.len()

@@ -1261,6 +1261,81 @@ pub async fn watch(args: &ClientArgs, prefix: &[u8], after: Option<String>) -> u
     )
 }
 
+/// `meshkv snapshot save FILE`: the first endpoint that answers streams its whole
+/// store (`GET /snapshot`); the file is checked, written next to FILE, fsynced and
+/// renamed into place.
+pub async fn snapshot_save(args: &ClientArgs, file: &Path) -> u8 {
+    finish(
+        async {
+            let ctx = args.ctx()?;
+            let (ep, r) = settle(
+                ctx.request(Method::GET, "/snapshot", &[], Bytes::new())
+                    .await,
+                b"",
+            )?;
+            if r.status != 200 {
+                return Err(refused(&ep, &r));
+            }
+            let (header, entries) = crate::snapshot::decode(&r.body)
+                .map_err(|e| Fail(exit::REFUSED, format!("{ep} sent a bad snapshot: {e}")))?;
+            let tmp = file.with_extension("partial");
+            let write = || -> std::io::Result<()> {
+                let mut f = std::fs::File::create(&tmp)?;
+                f.write_all(&r.body)?;
+                f.sync_all()?;
+                std::fs::rename(&tmp, file)
+            };
+            write().map_err(|e| {
+                let _ = std::fs::remove_file(&tmp);
+                Fail(exit::LOCAL, format!("cannot write {}: {e}", file.display()))
+            })?;
+            let line = format!(
+                "saved {} entries ({} bytes) from server {} (incarnation {:016x}) to {}\n",
+                entries.len(),
+                r.body.len(),
+                header.node,
+                header.incarnation,
+                file.display()
+            );
+            if args.output == Output::Text {
+                write_out(line.as_bytes(), false)?;
+            } else {
+                print_records(
+                    args.output,
+                    &[vec![
+                        ("file", file.display().to_string().into()),
+                        ("entries", entries.len().into()),
+                        ("bytes", r.body.len().into()),
+                        ("node", header.node.into()),
+                        ("incarnation", format!("{:016x}", header.incarnation).into()),
+                    ]],
+                )?;
+            }
+            Ok(exit::OK)
+        }
+        .await,
+    )
+}
+
+/// `meshkv snapshot restore FILE --data-dir D --id N`: build a new data directory for
+/// server N from a snapshot (see [`crate::snapshot`]).
+pub fn snapshot_restore(file: &Path, dir: &Path, id: u64) -> u8 {
+    let run = || -> Result<u8, Fail> {
+        let bytes = read_file(file, "snapshot").map_err(|e| Fail(exit::LOCAL, e))?;
+        let r = crate::snapshot::restore(&bytes, dir, id)
+            .map_err(|e| Fail(exit::LOCAL, format!("{}: {e}", file.display())))?;
+        let line = format!(
+            "restored {} entries from server {}'s snapshot into {} for server {id}; start it there: it joins as a new incarnation and catches up\n",
+            r.entries,
+            r.header.node,
+            dir.display()
+        );
+        write_out(line.as_bytes(), false)?;
+        Ok(exit::OK)
+    };
+    finish(run())
+}
+
 /// A write's precondition (compare-and-set, linearizable).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum WriteCond {

@@ -1054,6 +1054,7 @@ fn router(app: Shared) -> Router {
         .route("/kv/", any(kv))
         .route("/kv/{*key}", any(kv))
         .route("/watch", any(watch))
+        .route("/snapshot", any(snapshot))
         .route("/ui", any(ui_page))
         .route("/ui/", any(ui_page))
         .route("/ui/mesh", any(ui_mesh))
@@ -1158,7 +1159,7 @@ async fn unknown(req: Request) -> Response {
     reason(
         StatusCode::NOT_FOUND,
         &format!(
-            "unknown path {}; the routes are /kv/{{key}}, /health, /health/ready, /status, /metrics, /members",
+            "unknown path {}; the routes are /kv/{{key}}, /kv?prefix=, /watch, /health, /health/ready, /status, /metrics, /members, /snapshot, /ui",
             req.uri().path()
         ),
     )
@@ -1760,6 +1761,30 @@ async fn watch(State(app): State<Shared>, req: Request) -> Response {
     axum::response::sse::Sse::new(stream)
         .keep_alive(axum::response::sse::KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response()
+}
+
+/// `GET /snapshot`: this server's whole store, consistent, checksummed (see
+/// [`crate::snapshot`]); `meshkv snapshot save` writes it to a file.
+async fn snapshot(State(app): State<Shared>, req: Request) -> Response {
+    if !matches!(*req.method(), Method::GET) {
+        return method_not_allowed("GET");
+    }
+    let server = app.server.clone();
+    let built = tokio::task::spawn_blocking(move || {
+        let (header, entries) = server.snapshot();
+        crate::snapshot::encode(&header, &entries)
+    })
+    .await;
+    match built {
+        Ok(Ok(bytes)) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/octet-stream")],
+            bytes,
+        )
+            .into_response(),
+        Ok(Err(e)) => reason(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        Err(e) => reason(StatusCode::INTERNAL_SERVER_ERROR, &format!("snapshot: {e}")),
+    }
 }
 
 /// The dashboard page, compiled into the binary (no build step, no CDN).

@@ -18,5 +18,6 @@ pub mod metrics;
 pub mod net;
 pub mod pki;
 pub mod server;
+pub mod snapshot;
 pub mod storage;
 pub mod workers;

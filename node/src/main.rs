@@ -112,6 +112,11 @@ enum Cmd {
         /// The key prefix (any bytes).
         prefix: Option<OsString>,
     },
+    /// Save a server's whole store to a file, or build a data directory from one.
+    Snapshot {
+        #[command(subcommand)]
+        cmd: SnapshotCmd,
+    },
     /// Show the status of every endpoint (exit 4 when one is unreachable).
     Status {
         #[command(flatten)]
@@ -140,6 +145,29 @@ enum Cmd {
     Certs {
         #[command(subcommand)]
         cmd: CertsCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum SnapshotCmd {
+    /// Stream a consistent, checksummed snapshot from the first endpoint that answers.
+    Save {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Where to write it.
+        file: PathBuf,
+    },
+    /// Build a new data directory for server ID from a snapshot (the directory must
+    /// not exist or be empty); start the server on it to rejoin.
+    Restore {
+        /// The snapshot file.
+        file: PathBuf,
+        /// The new data directory.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The id of the server that will run on it.
+        #[arg(long)]
+        id: u64,
     },
 }
 
@@ -282,6 +310,12 @@ async fn run(cli: Cli) -> Result<u8, String> {
             let prefix = prefix.as_deref().map(cli::arg_bytes).unwrap_or_default();
             Ok(cli::watch(&client, &prefix, after).await)
         }
+        Cmd::Snapshot { cmd } => Ok(match cmd {
+            SnapshotCmd::Save { client, file } => cli::snapshot_save(&client, &file).await,
+            SnapshotCmd::Restore { file, data_dir, id } => {
+                cli::snapshot_restore(&file, &data_dir, id)
+            }
+        }),
         Cmd::Status { client, check } => Ok(cli::status(&client, check).await),
         Cmd::Member { cmd } => {
             let (client, op) = match cmd {

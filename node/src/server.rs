@@ -453,6 +453,22 @@ impl Server {
     }
 
     /// The acceptor set of `key` (the servers that vote on its linearizable register).
+    /// A consistent snapshot of the store (see [`crate::snapshot`]).
+    pub fn snapshot(&self) -> (crate::snapshot::Header, crate::snapshot::Entries) {
+        let (seen, entries) = lock(&self.sh.replica).snapshot();
+        let taken_ms = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let header = crate::snapshot::Header {
+            node: self.sh.id,
+            incarnation: self.sh.rid,
+            taken_ms,
+            seen,
+            entries: entries.len() as u64,
+        };
+        (header, entries)
+    }
+
     /// The change feed (`GET /watch`).
     pub fn feed(&self) -> &crate::feed::Feed {
         &self.sh.feed
