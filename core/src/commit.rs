@@ -193,6 +193,7 @@ mod tests {
             value: Some(b"v".to_vec()),
             seen_ts: 0,
             dep: None,
+            ttl: None,
         }
     }
 

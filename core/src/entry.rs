@@ -11,10 +11,23 @@
 //! So a server whose context for a key covers a dot holds that write or a later one —
 //! which is exactly what the session check (`ERR_DEP`) asks.
 //!
+//! # Expiry
+//! A write may carry an expiry time `expires` (an HLC time in µs: the write's own
+//! timestamp plus its TTL), fixed when the write is stamped and replicated with it, so
+//! every server knows the same instant. From that instant on every server reads the
+//! entry as absent ([`Entry::live_at`]), and each server, on its own, replaces the
+//! value by a tombstone **of the same version** ([`Entry::expired`]) — as Cassandra
+//! turns an expired cell into a tombstone with the cell's timestamp. No new write (no
+//! dot, no timestamp) is made, so an expiry can never overwrite a later write of the
+//! key, nor be overwritten by an earlier one: the expiry belongs to one version, and
+//! any newer write of the key (with its own TTL or none) simply supersedes it.
+//!
 //! # Merge laws
 //! [`Entry::merge`] is a join in a semilattice: **commutative**, **associative** and
 //! **idempotent** (proptested below), so replicas may exchange entries in any order,
-//! any number of times, and converge to the same state. The context only grows.
+//! any number of times, and converge to the same state. The context only grows. The
+//! order it joins in is `(version, expired)`: for one version the only two states are
+//! the written value and its expiry tombstone, and the tombstone wins.
 
 use crate::version::{Dot, Version, VersionVector};
 use serde::{Deserialize, Serialize};
@@ -29,6 +42,9 @@ pub struct Entry {
     pub version: Version,
     /// Every write to this key merged in so far.
     pub ctx: VersionVector,
+    /// When the winning write expires (an HLC time in µs), if it was written with a
+    /// TTL; see the module docs.
+    pub expires: Option<u64>,
 }
 
 impl Entry {
@@ -41,6 +57,44 @@ impl Entry {
             value,
             version,
             ctx,
+            expires: None,
+        }
+    }
+
+    /// The same entry, expiring at HLC time `at` (µs); `None` never expires.
+    pub fn expiring(mut self, at: Option<u64>) -> Self {
+        self.expires = at;
+        self
+    }
+
+    /// Whether the entry holds a value that has not expired at HLC time `now`.
+    pub fn live_at(&self, now: u64) -> bool {
+        self.value.is_some() && self.expires.is_none_or(|e| now < e)
+    }
+
+    /// Whether the entry holds a value whose expiry time `now` has reached (it is read
+    /// as absent and is due to become [`Entry::expired`]).
+    pub fn expired_at(&self, now: u64) -> bool {
+        self.value.is_some() && self.expires.is_some_and(|e| now >= e)
+    }
+
+    /// The expiry tombstone of this entry: no value, same version, context and expiry.
+    pub fn expired(&self) -> Entry {
+        Entry {
+            value: None,
+            version: self.version,
+            ctx: self.ctx.clone(),
+            expires: self.expires,
+        }
+    }
+
+    /// The entry as read at HLC time `now`: itself, or its expiry tombstone once it
+    /// has expired.
+    pub fn at(self, now: u64) -> Entry {
+        if self.expired_at(now) {
+            self.expired()
+        } else {
+            self
         }
     }
 
@@ -51,6 +105,11 @@ impl Entry {
         if other.version > self.version {
             self.version = other.version;
             self.value = other.value.clone();
+            self.expires = other.expires;
+            changed = true;
+        } else if other.version == self.version && other.value.is_none() && self.value.is_some() {
+            // The same write, expired there: the expiry tombstone wins.
+            self.value = None;
             changed = true;
         }
         changed |= self.ctx.join(&other.ctx);
@@ -70,7 +129,9 @@ impl Entry {
 
     /// Whether merging `other` would change nothing.
     pub fn subsumes(&self, other: &Entry) -> bool {
-        other.version <= self.version && other.ctx.le(&self.ctx)
+        (other.version < self.version
+            || (other.version == self.version && (other.value.is_some() || self.value.is_none())))
+            && other.ctx.le(&self.ctx)
     }
 
     /// A stable 64-bit hash of `(key, entry)`, the leaf of the digest tree. Equal on two
@@ -95,6 +156,12 @@ impl Entry {
             h.update(&o.to_le_bytes());
             h.update(&c.to_le_bytes());
         }
+        // Hashed only when set, so that entries without expiry hash as they always did
+        // (a store's recorded digest root stays valid across the upgrade).
+        if let Some(e) = self.expires {
+            h.update(b"expires");
+            h.update(&e.to_le_bytes());
+        }
         // Never 0, so a present key always changes its bucket.
         h.digest().max(1)
     }
@@ -117,8 +184,9 @@ mod tests {
             0u64..4,
             1u64..4,
             proptest::collection::vec((0u64..4, 0u64..6), 0..4),
+            any::<bool>(),
         )
-            .prop_map(|(origin, counter, extra)| {
+            .prop_map(|(origin, counter, extra, gone)| {
                 // Same dot must mean same write: derive the value and ts from the dot
                 // (one origin's timestamps grow with its counter).
                 let dot = Dot::new(origin as NodeId, counter);
@@ -133,11 +201,20 @@ mod tests {
                         seen.set(o, counter);
                     }
                 }
-                Entry::write(
+                // The expiry is the write's too: some writes have a TTL, and such a
+                // write may be seen before or after it expired.
+                let expires = (counter % 2 == 1).then_some(version.ts + 5);
+                let e = Entry::write(
                     Some(format!("{origin}.{counter}").into_bytes()),
                     version,
                     &seen,
                 )
+                .expiring(expires);
+                if gone && expires.is_some() {
+                    e.expired()
+                } else {
+                    e
+                }
             })
     }
 
@@ -180,6 +257,33 @@ mod tests {
             let merged2 = w.clone().joined(&a);
             prop_assert_eq!(merged2.value, Some(b"new".to_vec()));
         }
+    }
+
+    #[test]
+    fn expiry_is_read_at_its_instant_and_its_tombstone_wins() {
+        let v = Version {
+            ts: 100,
+            dot: Dot::new(1, 1),
+        };
+        let e = Entry::write(Some(b"x".to_vec()), v, &VersionVector::new()).expiring(Some(150));
+        assert!(e.live_at(149) && !e.expired_at(149));
+        assert!(!e.live_at(150) && e.expired_at(150));
+        assert_eq!(e.clone().at(149), e);
+        let gone = e.clone().at(150);
+        assert_eq!((gone.value.as_ref(), gone.version), (None, v));
+        // Either way round, the expiry tombstone wins; a later write wins over both.
+        assert_eq!(e.clone().joined(&gone), gone);
+        assert_eq!(gone.clone().joined(&e), gone);
+        let later = Version {
+            ts: 120,
+            dot: Dot::new(2, 1),
+        };
+        let w = Entry::write(Some(b"y".to_vec()), later, &e.ctx);
+        assert_eq!(gone.clone().joined(&w).value, Some(b"y".to_vec()));
+        assert_eq!(gone.joined(&w).expires, None);
+        // A digest sees the expiry only when there is one.
+        let plain = Entry::write(Some(b"x".to_vec()), v, &VersionVector::new());
+        assert_ne!(plain.digest(b"k"), e.digest(b"k"));
     }
 
     #[test]

@@ -20,6 +20,7 @@ pub mod control;
 pub mod digest;
 pub mod entry;
 pub mod hlc;
+pub mod legacy;
 pub mod linearizable;
 pub mod paxos;
 pub mod proto;

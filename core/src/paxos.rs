@@ -59,6 +59,19 @@
 //! levels on one key's writes). A write whose accept failed is in its proposer's store
 //! but not in the register, exactly like any indeterminate write.
 //!
+//! # Expiry
+//! A write with a TTL stamps its entry with an expiry time ([`crate::entry`]). The
+//! register honours it **through the register**, so that clocks cannot break
+//! linearizability: an operation whose proposer finds the current value expired at
+//! its own HLC time replaces it by the value's expiry tombstone (same version, same
+//! history) before anything else — a read makes that an accept of its own, a write
+//! builds on it (a conditional write then sees the key absent). From the moment that
+//! accept is chosen every proposer reads the key as absent; before it, a proposer whose
+//! clock is behind may still read the value, which is linearizable because the expiry
+//! has not happened in the register yet. So a linearizable key expires at the first
+//! operation on it at or after its expiry time, by the clock of the server running
+//! that operation (clocks agree within the skew bound).
+//!
 //! # Laws (property-tested below and in the simulated schedules)
 //! * An acceptor never accepts below its promise, and never lowers a promise.
 //! * For one ballot at most one value is ever accepted by anyone (a ballot belongs to
@@ -460,6 +473,9 @@ pub struct Proposer {
     applied: bool,
     /// The proposer's own store entry for the key (see "One store").
     local: Option<Entry>,
+    /// The proposer's HLC time (µs), against which expiry times are read (see
+    /// "Expiry"); 0 (nothing has expired) until [`Proposer::set_now`].
+    now: u64,
 }
 
 fn version_of(v: &Option<Value>) -> Option<crate::version::Version> {
@@ -490,7 +506,20 @@ impl Proposer {
             proposed: None,
             applied: true,
             local: None,
+            now: 0,
         }
+    }
+
+    /// The proposer's HLC time, read when the attempt starts (see "Expiry").
+    pub fn set_now(&mut self, now: u64) {
+        self.now = now;
+    }
+
+    /// Whether `register`'s value has expired at the proposer's time.
+    fn expired(&self, register: &Option<Value>) -> bool {
+        register
+            .as_ref()
+            .is_some_and(|v| v.entry.expired_at(self.now))
     }
 
     /// The proposer's store entry for the key, read when the attempt starts: a newer
@@ -508,6 +537,7 @@ impl Proposer {
             self.acceptors.clone(),
         );
         p.own = self.own.clone();
+        p.now = self.now;
         p
     }
 
@@ -602,7 +632,7 @@ impl Proposer {
                 let first = self.promises.values().next().cloned();
                 let unanimous = self.promises.values().all(|p| Some(p) == first.as_ref());
                 let value = first.and_then(|p| p.1);
-                if unanimous && !self.local_is_newer(&value) {
+                if unanimous && !self.local_is_newer(&value) && !self.expired(&value) {
                     self.phase = Phase::Finished;
                     let entry = value.map(|v| v.entry);
                     return Next::Done {
@@ -667,6 +697,14 @@ impl Proposer {
                 current = Some(Value::after(register.as_ref(), l.clone()));
                 absorbed = true;
             }
+        }
+        // An expired value is replaced by its expiry tombstone (same version, same
+        // history) through an accept, like an absorbed write: see "Expiry".
+        if self.expired(&current) {
+            if let Some(c) = current.as_mut() {
+                c.entry = c.entry.expired();
+            }
+            absorbed = true;
         }
         let mut own_pending = false;
         if let Some((mine, basis_value)) = self.own.last().cloned() {

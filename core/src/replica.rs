@@ -164,6 +164,8 @@ pub enum Op {
         /// replica holds that write or a later one, so a write never overwrites (nor
         /// reports as previous) something older than what the session saw.
         dep: Option<Dot>,
+        /// Time to live in µs: the write expires at its timestamp plus this.
+        ttl: Option<u64>,
     },
     /// A linearizable write, stamped before its register's accept goes out (see
     /// [`crate::paxos`]): merge the register's `current` value, then write on top of
@@ -176,6 +178,15 @@ pub enum Op {
         value: Option<Vec<u8>>,
         /// The register's current value.
         current: Option<Entry>,
+        /// Time to live in µs, as for [`Op::Put`].
+        ttl: Option<u64>,
+    },
+    /// Turn the key's entry into its expiry tombstone ([`Entry::expired`]) if its
+    /// expiry time has come by this server's clock. Every server does this on its own
+    /// (no dot, no timestamp, nothing relayed); see [`crate::entry`].
+    Expire {
+        /// The key.
+        key: Vec<u8>,
     },
     /// An entry from a peer (push, sync answer or tree walk).
     Apply {
@@ -392,6 +403,8 @@ pub struct Replica {
     pub(crate) log: BTreeMap<Dot, Vec<u8>>,
     peers: BTreeMap<NodeId, PeerView>,
     tombstones: BTreeSet<Vec<u8>>,
+    /// Live entries with an expiry time, by that time.
+    expiring: BTreeSet<(u64, Vec<u8>)>,
     pub(crate) limits: Limits,
 }
 
@@ -424,6 +437,7 @@ impl Replica {
             log: BTreeMap::new(),
             peers: BTreeMap::new(),
             tombstones: BTreeSet::new(),
+            expiring: BTreeSet::new(),
             limits,
         }
     }
@@ -451,6 +465,9 @@ impl Replica {
             r.observe_bounded(e.version.ts, wall, false);
             if e.value.is_none() {
                 r.tombstones.insert(k.clone());
+            }
+            if let (Some(_), Some(at)) = (&e.value, e.expires) {
+                r.expiring.insert((at, k.clone()));
             }
             r.store.insert(k, e);
         }
@@ -500,6 +517,29 @@ impl Replica {
     /// The hybrid clock's current value.
     pub fn clock(&self) -> u64 {
         self.hlc.last()
+    }
+
+    /// The HLC time now, given the wall clock `wall` (µs), without ticking: what expiry
+    /// times are compared with.
+    pub fn now(&self, wall: u64) -> u64 {
+        self.hlc.last().max(wall)
+    }
+
+    /// The earliest expiry time of a live entry, if any (when the next [`Op::Expire`]
+    /// is due).
+    pub fn next_expiry(&self) -> Option<u64> {
+        self.expiring.first().map(|(at, _)| *at)
+    }
+
+    /// Up to `limit` keys whose live entry has expired at HLC time `now` (for
+    /// [`Op::Expire`]).
+    pub fn expired_keys(&self, now: u64, limit: usize) -> Vec<Vec<u8>> {
+        self.expiring
+            .iter()
+            .take_while(|(at, _)| *at <= now)
+            .take(limit)
+            .map(|(_, k)| k.clone())
+            .collect()
     }
 
     /// A client's "highest timestamp seen", capped at what the cluster has issued (a
@@ -559,9 +599,10 @@ impl Replica {
                     value,
                     seen_ts,
                     dep,
+                    ttl,
                 } => {
                     if satisfies(self.current(&st, &key), &st.meta.seen, dep) {
-                        self.stage_put(&mut st, key, value, seen_ts, wall, false)
+                        self.stage_put(&mut st, key, (value, ttl), seen_ts, wall, false)
                     } else {
                         Outcome::Dep
                     }
@@ -570,12 +611,25 @@ impl Replica {
                     key,
                     value,
                     current,
+                    ttl,
                 } => {
                     let seen_ts = current.as_ref().map_or(0, |e| e.version.ts);
                     if let Some(e) = current {
                         self.stage_apply(&mut st, key.clone(), e, Vec::new(), None, wall);
                     }
-                    self.stage_put(&mut st, key, value, seen_ts, wall, true)
+                    self.stage_put(&mut st, key, (value, ttl), seen_ts, wall, true)
+                }
+                Op::Expire { key } => {
+                    let now = self.now(wall);
+                    match self.current(&st, &key) {
+                        Some(e) if e.expired_at(now) => {
+                            let gone = e.expired();
+                            st.removes.retain(|k| *k != key);
+                            st.writes.insert(key, gone);
+                            Outcome::Applied { changed: true }
+                        }
+                        _ => Outcome::Applied { changed: false },
+                    }
                 }
                 Op::Apply {
                     key,
@@ -645,7 +699,7 @@ impl Replica {
         &mut self,
         st: &mut Staged,
         key: Vec<u8>,
-        value: Option<Vec<u8>>,
+        (value, ttl): (Option<Vec<u8>>, Option<u64>),
         seen_ts: u64,
         wall: u64,
         stamp: bool,
@@ -668,7 +722,9 @@ impl Replica {
         let dot = Dot::new(self.rid, self.counter);
         let version = Version { ts, dot };
         let ctx = previous.as_ref().map(|p| p.ctx.clone()).unwrap_or_default();
-        let entry = Entry::write(value, version, &ctx);
+        let entry = Entry::write(value, version, &ctx).expiring(ttl.map(|t| ts.saturating_add(t)));
+        // What the write replaced, as of its own timestamp (an expired value is gone).
+        let previous = previous.map(|p| p.at(ts));
         st.removes.retain(|k| *k != key);
         st.writes.insert(key.clone(), entry);
         st.log.push((dot, key.clone()));
@@ -822,7 +878,14 @@ impl Replica {
     pub fn commit(&mut self, st: Staged) -> Vec<Relay> {
         let expected_root = st.root;
         for (key, entry) in st.writes {
-            let old = self.store.get(&key).map_or(0, |e| e.digest(&key));
+            let old = self.store.get(&key);
+            if let Some((Some(_), Some(at))) = old.map(|o| (&o.value, o.expires)) {
+                self.expiring.remove(&(at, key.clone()));
+            }
+            if let (Some(_), Some(at)) = (&entry.value, entry.expires) {
+                self.expiring.insert((at, key.clone()));
+            }
+            let old = old.map_or(0, |e| e.digest(&key));
             self.digest.update(&key, old, entry.digest(&key));
             if entry.value.is_none() {
                 self.tombstones.insert(key.clone());
@@ -834,6 +897,9 @@ impl Replica {
         for key in st.removes {
             self.tombstones.remove(&key);
             if let Some(e) = self.store.remove(&key) {
+                if let (Some(_), Some(at)) = (&e.value, e.expires) {
+                    self.expiring.remove(&(at, key.clone()));
+                }
                 self.digest.update(&key, e.digest(&key), 0);
             }
         }
@@ -890,18 +956,15 @@ impl Replica {
     /// offset bound of `wall`.
     pub fn read(&mut self, key: &[u8], dep: Option<Dot>, seen_ts: u64, wall: u64) -> ReadOutcome {
         self.observe_client(seen_ts, wall);
+        let now = self.now(wall);
         let e = self.store.get(key);
         if !satisfies(e, &self.seen, dep) {
             return ReadOutcome::Dep;
         }
         match e {
-            Some(Entry {
-                value: Some(v),
-                version,
-                ..
-            }) => ReadOutcome::Found {
-                value: v.clone(),
-                version: *version,
+            Some(e) if e.live_at(now) => ReadOutcome::Found {
+                value: e.value.clone().unwrap_or_default(),
+                version: e.version,
             },
             Some(e) => ReadOutcome::Missing {
                 version: Some(e.version),
@@ -915,25 +978,32 @@ impl Replica {
         self.store.get(key)
     }
 
-    /// Live `(key, value)` pairs in key-byte order (tombstones and reserved keys left
-    /// out).
+    /// Live `(key, value)` pairs in key-byte order (tombstones, expired values and
+    /// reserved keys left out), at the clock's last value.
     pub fn dump(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
+        self.dump_at(self.hlc.last())
+    }
+
+    /// [`Replica::dump`] at HLC time `now`.
+    pub fn dump_at(&self, now: u64) -> Vec<(Vec<u8>, Vec<u8>)> {
         self.store
             .iter()
-            .filter(|(k, _)| !is_reserved(k))
+            .filter(|(k, e)| !is_reserved(k) && e.live_at(now))
             .filter_map(|(k, e)| e.value.as_ref().map(|v| (k.clone(), v.clone())))
             .collect()
     }
 
     /// Up to `limit` live client entries with keys in `[start, end)` (`end` `None`:
     /// unbounded), in key-byte order, as `(key, value, version)`; with `keys_only` the
-    /// values are left out (`None`). Tombstones and reserved keys are skipped.
+    /// values are left out (`None`). Tombstones, values expired at HLC time `now` and
+    /// reserved keys are skipped.
     pub fn scan(
         &self,
         start: &[u8],
         end: Option<&[u8]>,
         limit: usize,
         keys_only: bool,
+        now: u64,
     ) -> Vec<(Vec<u8>, Option<Vec<u8>>, Version)> {
         use std::ops::Bound;
         if end.is_some_and(|e| e <= start) {
@@ -942,7 +1012,7 @@ impl Replica {
         let hi = end.map_or(Bound::Unbounded, Bound::Excluded);
         self.store
             .range::<[u8], _>((Bound::Included(start), hi))
-            .filter(|(k, _)| !is_reserved(k))
+            .filter(|(k, e)| !is_reserved(k) && e.live_at(now))
             .filter_map(|(k, e)| {
                 let v = e.value.as_ref()?;
                 Some((k.clone(), (!keys_only).then(|| v.clone()), e.version))

@@ -356,6 +356,7 @@ impl SimCluster {
                 value,
                 seen_ts: s.seen_ts(),
                 dep: None,
+                ttl: None,
             }],
         );
         match out.first() {

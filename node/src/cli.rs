@@ -1349,13 +1349,14 @@ pub enum WriteCond {
 }
 
 /// `meshkv put KEY VALUE` / `meshkv del KEY` (`value` `None`): print the previous value
-/// when `prev`.
+/// when `prev`; a put with `ttl` expires that many seconds after the write.
 pub async fn write(
     args: &ClientArgs,
     key: &[u8],
     value: Option<Vec<u8>>,
     prev: bool,
     cond: WriteCond,
+    ttl: Option<u64>,
 ) -> u8 {
     finish(
         async {
@@ -1364,7 +1365,7 @@ pub async fn write(
                 Some(v) => (Method::PUT, Bytes::from(v)),
                 None => (Method::DELETE, Bytes::new()),
             };
-            let extra = match &cond {
+            let mut extra = match &cond {
                 WriteCond::Always => vec![],
                 WriteCond::Version(v) => {
                     v.parse::<Version>()
@@ -1373,6 +1374,9 @@ pub async fn write(
                 }
                 WriteCond::Absent => vec![("if-none-match", "*".to_string())],
             };
+            if let Some(t) = ttl {
+                extra.push((crate::http::TTL_HEADER, t.to_string()));
+            }
             let (ep, r) = settle(ctx.kv(method, key, body, &extra).await, key)?;
             match r.status {
                 200 | 201 | 204 => {

@@ -12,7 +12,9 @@
 //!   id a listing returned misses nothing (a change may be seen twice: once in the
 //!   listing and once in the feed; versions tell them apart).
 //! * Only keys' winning entries are changes: a batch that merely merges contexts
-//!   (same version) records nothing. Expiry and deletes are tombstones: `value: None`.
+//!   (same version) records nothing. Deletes and expiries are tombstones
+//!   (`value: None`); an expiry keeps the version of the write that expired and is
+//!   marked [`Change::expired`].
 
 use meshkv_core::replica::is_reserved;
 use meshkv_core::Version;
@@ -35,6 +37,8 @@ pub struct Change {
     pub value: Option<Vec<u8>>,
     /// The winning write.
     pub version: Version,
+    /// The change is the expiry of the write `version` (its TTL ran out).
+    pub expired: bool,
 }
 
 /// What [`Feed::since`] found.
@@ -113,11 +117,15 @@ impl Feed {
         Ok((rid == self.rid).then_some(seq))
     }
 
-    /// Record applied changes (client keys only), in order, and wake the watchers.
-    pub fn record(&self, changes: impl IntoIterator<Item = (Vec<u8>, Option<Vec<u8>>, Version)>) {
+    /// Record applied changes `(key, value, version, expired)` (client keys only), in
+    /// order, and wake the watchers.
+    pub fn record(
+        &self,
+        changes: impl IntoIterator<Item = (Vec<u8>, Option<Vec<u8>>, Version, bool)>,
+    ) {
         let mut g = self.lock();
         let before = g.last;
-        for (key, value, version) in changes {
+        for (key, value, version, expired) in changes {
             if is_reserved(&key) {
                 continue;
             }
@@ -129,6 +137,7 @@ impl Feed {
                 key,
                 value,
                 version,
+                expired,
             }));
             while g.buf.len() > MAX_CHANGES || (g.bytes > MAX_BYTES && g.buf.len() > 1) {
                 if let Some(c) = g.buf.pop_front() {
@@ -208,10 +217,10 @@ mod tests {
     fn replays_in_order_filtered_by_prefix() {
         let f = Feed::new(7);
         f.record([
-            (b"a/1".to_vec(), Some(b"x".to_vec()), v(1)),
-            (b"b/1".to_vec(), Some(b"y".to_vec()), v(2)),
-            (b"\0meshkv/member/1".to_vec(), None, v(3)),
-            (b"a/2".to_vec(), None, v(4)),
+            (b"a/1".to_vec(), Some(b"x".to_vec()), v(1), false),
+            (b"b/1".to_vec(), Some(b"y".to_vec()), v(2), false),
+            (b"\0meshkv/member/1".to_vec(), None, v(3), false),
+            (b"a/2".to_vec(), None, v(4), false),
         ]);
         assert_eq!(f.last(), 3, "reserved keys are not changes");
         assert_eq!(seqs(f.since(0, b"a/", 100)), (vec![1, 3], 3));
@@ -224,7 +233,7 @@ mod tests {
     #[test]
     fn a_trimmed_past_is_a_gap() {
         let f = Feed::new(1);
-        f.record((0..MAX_CHANGES as u64 + 10).map(|i| (b"k".to_vec(), None, v(i))));
+        f.record((0..MAX_CHANGES as u64 + 10).map(|i| (b"k".to_vec(), None, v(i), false)));
         assert!(matches!(f.since(0, b"", 1), Since::Gap(_)));
         assert!(matches!(f.since(9, b"", 1), Since::Gap(_)));
         assert_eq!(seqs(f.since(10, b"", 1)).0, vec![11]);

@@ -101,6 +101,11 @@ pub const CONSISTENCY_HEADER: &str = "x-meshkv-consistency";
 /// Response header of a `503 ERR_UNAVAILABLE`: the key's acceptors (comma-separated
 /// server ids), so a client can fail over to a server that reaches a majority of them.
 pub const ACCEPTORS_HEADER: &str = "x-meshkv-acceptors";
+/// Request header of a `PUT`: the value expires this many seconds after the write
+/// (the same as `?ttl=`).
+pub const TTL_HEADER: &str = "x-meshkv-ttl";
+/// The longest TTL accepted, in seconds (ten years).
+pub const MAX_TTL_SECS: u64 = 10 * 365 * 24 * 3600;
 
 /// The consistency level of a `/kv` request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -1412,12 +1417,12 @@ async fn kv(State(app): State<Shared>, req: Request) -> Response {
         Ok(x) => x,
         Err(e) => return reason(StatusCode::BAD_REQUEST, &e),
     };
-    let (level, cond) =
+    let (level, cond, ttl) =
         match level_and_condition(&req, &method, after, app.opts.default_consistency) {
             Ok(x) => x,
             Err(e) => return reason(StatusCode::BAD_REQUEST, &e),
         };
-    let mut r = serve_kv(&app, req, key, method, (after, wait), (level, cond)).await;
+    let mut r = serve_kv(&app, req, key, method, (after, wait), (level, cond, ttl)).await;
     // Every answer names the level it was served at, so a client learns the default.
     r.headers_mut()
         .insert(CONSISTENCY_HEADER, HeaderValue::from_static(level.as_str()));
@@ -1431,7 +1436,7 @@ async fn serve_kv(
     key: Vec<u8>,
     method: Method,
     (after, wait): (Option<Version>, Duration),
-    (level, cond): (Consistency, Cond),
+    (level, cond, ttl): (Consistency, Cond, Option<Duration>),
 ) -> Response {
     // A request willing to wait for replication also waits for the catch-up.
     if !app.server.is_ready() && !app.server.wait_ready(wait).await {
@@ -1452,17 +1457,17 @@ async fn serve_kv(
                 }
             }
         };
-        return linearizable(app, key, change, method == Method::PUT).await;
+        return linearizable(app, key, change, method == Method::PUT, ttl).await;
     }
     match method {
         Method::GET | Method::HEAD => read(app, key, after, wait).await,
-        Method::DELETE => write(app, key, None, after, wait, false).await,
+        Method::DELETE => write(app, key, None, after, wait, false, None).await,
         _ => {
             let value = match read_body(app, req).await {
                 Ok(v) => v,
                 Err(r) => return r,
             };
-            write(app, key, Some(value), after, wait, true).await
+            write(app, key, Some(value), after, wait, true, ttl).await
         }
     }
 }
@@ -1673,7 +1678,11 @@ fn change_event(feed: &crate::feed::Feed, c: &crate::feed::Change) -> axum::resp
     }
     o.insert("version".into(), c.version.to_string().into());
     axum::response::sse::Event::default()
-        .event(if c.value.is_some() { "put" } else { "delete" })
+        .event(match (&c.value, c.expired) {
+            (Some(_), _) => "put",
+            (None, false) => "delete",
+            (None, true) => "expire",
+        })
         .id(feed.id(c.seq))
         .data(serde_json::Value::Object(o).to_string())
 }
@@ -1871,26 +1880,53 @@ async fn ui_events(State(app): State<Shared>, req: Request) -> Response {
     axum::response::sse::Sse::new(stream).into_response()
 }
 
-/// The level of a `/kv` request and the precondition of a write; `Err` is a `400`.
+/// A TTL in whole seconds, 1 to [`MAX_TTL_SECS`].
+fn parse_ttl(s: &str) -> Result<Duration, String> {
+    let secs: u64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("ttl {s:?}: expected whole seconds, 1 to {MAX_TTL_SECS}"))?;
+    if !(1..=MAX_TTL_SECS).contains(&secs) {
+        return Err(format!("ttl {secs}: expected 1 to {MAX_TTL_SECS} seconds"));
+    }
+    Ok(Duration::from_secs(secs))
+}
+
+/// The level of a `/kv` request, the precondition of a write and the TTL of a put;
+/// `Err` is a `400`.
 fn level_and_condition(
     req: &Request,
     method: &Method,
     after: Option<Version>,
     default: Consistency,
-) -> Result<(Consistency, Cond), String> {
+) -> Result<(Consistency, Cond, Option<Duration>), String> {
     let mut level = None;
+    let mut ttl = None;
     if let Some(q) = req.uri().query() {
         for pair in q.split('&').filter(|p| !p.is_empty()) {
             let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
             match name {
                 "consistency" => level = Some(value.parse::<Consistency>()?),
+                "ttl" => ttl = Some(parse_ttl(value)?),
                 other => {
                     return Err(format!(
-                        "unknown query parameter {other:?} (known: consistency)"
+                        "unknown query parameter {other:?} (known: consistency, ttl)"
                     ))
                 }
             }
         }
+    }
+    if let Some(h) = header_str(req.headers(), TTL_HEADER)? {
+        let h = parse_ttl(h).map_err(|e| format!("header {TTL_HEADER}: {e}"))?;
+        if ttl.is_some_and(|t| t != h) {
+            return Err(format!(
+                "header {TTL_HEADER} and the query parameter name different TTLs"
+            ));
+        }
+        ttl = Some(h);
+    }
+    if ttl.is_some() && *method != Method::PUT {
+        return Err("ttl applies to PUT only".into());
     }
     if let Some(h) = header_str(req.headers(), CONSISTENCY_HEADER)? {
         let h = h
@@ -1940,14 +1976,20 @@ fn level_and_condition(
     if conditional && level == Consistency::Session {
         return Err("conditional writes are linearizable: drop consistency=session".into());
     }
-    Ok((level, cond))
+    Ok((level, cond, ttl))
 }
 
 /// Serve a linearizable request (see `meshkv_core::paxos`).
-async fn linearizable(app: &App, key: Vec<u8>, change: Change, is_put: bool) -> Response {
+async fn linearizable(
+    app: &App,
+    key: Vec<u8>,
+    change: Change,
+    is_put: bool,
+    ttl: Option<Duration>,
+) -> Response {
     let read = change == Change::Read;
     let acceptors = app.server.acceptors_of(&key);
-    match app.server.linearizable(key, change).await {
+    match app.server.linearizable_expiring(key, change, ttl).await {
         Err(ServerError::Unavailable(why)) => {
             let mut r = reason(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -2178,6 +2220,7 @@ async fn write(
     after: Option<Version>,
     wait: Duration,
     is_put: bool,
+    ttl: Option<Duration>,
 ) -> Response {
     // Never write on a replica behind the session: the previous value it would return
     // (and overwrite) could be older than what the session saw. The core checks it in
@@ -2187,11 +2230,15 @@ async fn write(
     let seen_ts = after.map_or(0, |v| v.ts);
     let outcome = match dep {
         // Without a token nothing can refuse the write: no copy of the value.
-        None => app.server.put(key, value, seen_ts, None).await,
+        None => {
+            app.server
+                .put_expiring(key, value, seen_ts, None, ttl)
+                .await
+        }
         Some(_) => loop {
             match app
                 .server
-                .put(key.clone(), value.clone(), seen_ts, dep)
+                .put_expiring(key.clone(), value.clone(), seen_ts, dep, ttl)
                 .await
             {
                 Ok(Outcome::Dep) => {

@@ -74,6 +74,10 @@ enum Cmd {
         /// Write only if the key has no value; otherwise exit 7 (ERR_PRECONDITION).
         #[arg(long)]
         if_absent: bool,
+        /// The value expires SECONDS after the write, on every server at once
+        /// (the key reads as absent from then on; watchers see an `expire`).
+        #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=meshkv_node::http::MAX_TTL_SECS))]
+        ttl: Option<u64>,
         /// The key.
         key: OsString,
         /// The value (default: stdin). A value starting with '-' goes after `--`.
@@ -265,6 +269,7 @@ async fn run(cli: Cli) -> Result<u8, String> {
             prev,
             if_version,
             if_absent,
+            ttl,
             key,
             value,
         } => {
@@ -283,7 +288,7 @@ async fn run(cli: Cli) -> Result<u8, String> {
                     }
                 },
             };
-            Ok(cli::write(&client, &cli::arg_bytes(&key), Some(value), prev, cond).await)
+            Ok(cli::write(&client, &cli::arg_bytes(&key), Some(value), prev, cond, ttl).await)
         }
         Cmd::Del {
             client,
@@ -292,7 +297,7 @@ async fn run(cli: Cli) -> Result<u8, String> {
             key,
         } => {
             let cond = if_version.map_or(cli::WriteCond::Always, cli::WriteCond::Version);
-            Ok(cli::write(&client, &cli::arg_bytes(&key), None, prev, cond).await)
+            Ok(cli::write(&client, &cli::arg_bytes(&key), None, prev, cond, None).await)
         }
         Cmd::Ls {
             client,

@@ -36,7 +36,7 @@ use rustls::RootCertStore;
 use crate::pki::{peer_identity, Identity, PkiError, TlsMaterial};
 
 /// The one ALPN protocol meshkv speaks.
-pub const ALPN: &[u8] = b"meshkv/1";
+pub const ALPN: &[u8] = b"meshkv/2";
 
 /// Application close code used when a dialed peer turns out to be the wrong identity.
 pub const CLOSE_WRONG_PEER: u32 = 0x4d01;

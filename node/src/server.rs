@@ -333,6 +333,8 @@ impl Server {
         sh.workers
             .spawn("accept", "server", sh.clone().accept_loop());
         sh.workers.spawn("trim", "server", sh.clone().trim_loop());
+        sh.workers
+            .spawn("expiry", "server", sh.clone().expiry_loop());
         for (id, addr) in &opts.peers {
             sh.set_peer(*id, Some(*addr));
         }
@@ -406,6 +408,19 @@ impl Server {
         seen_ts: u64,
         dep: Option<meshkv_core::Dot>,
     ) -> Result<Outcome, ServerError> {
+        self.put_expiring(key, value, seen_ts, dep, None).await
+    }
+
+    /// [`Server::put`] of a value that expires `ttl` after the write's timestamp (see
+    /// [`meshkv_core::entry`]).
+    pub async fn put_expiring(
+        &self,
+        key: Vec<u8>,
+        value: Option<Vec<u8>>,
+        seen_ts: u64,
+        dep: Option<meshkv_core::Dot>,
+        ttl: Option<Duration>,
+    ) -> Result<Outcome, ServerError> {
         self.check_key(&key)?;
         if let Some(v) = &value {
             if v.len() > self.sh.opts.max_value {
@@ -424,6 +439,7 @@ impl Server {
                 value,
                 seen_ts,
                 dep,
+                ttl: ttl.map(micros),
             }])
             .await?;
         out.pop().ok_or(ServerError::Stopped)
@@ -434,6 +450,17 @@ impl Server {
         &self,
         key: Vec<u8>,
         change: meshkv_core::paxos::Change,
+    ) -> Result<LinOutcome, ServerError> {
+        self.linearizable_expiring(key, change, None).await
+    }
+
+    /// [`Server::linearizable`] whose write expires `ttl` after its timestamp (see
+    /// "Expiry" in [`meshkv_core::paxos`]).
+    pub async fn linearizable_expiring(
+        &self,
+        key: Vec<u8>,
+        change: meshkv_core::paxos::Change,
+        ttl: Option<Duration>,
     ) -> Result<LinOutcome, ServerError> {
         self.check_key(&key)?;
         if let meshkv_core::paxos::Change::Write { value: Some(v), .. } = &change {
@@ -449,7 +476,7 @@ impl Server {
             meshkv_core::paxos::Change::Read => self.sh.client_gets.fetch_add(1, Relaxed),
             _ => self.sh.client_puts.fetch_add(1, Relaxed),
         };
-        self.sh.linearizable(key, change).await
+        self.sh.linearizable(key, change, ttl.map(micros)).await
     }
 
     /// The acceptor set of `key` (the servers that vote on its linearizable register).
@@ -483,7 +510,9 @@ impl Server {
         limit: usize,
         keys_only: bool,
     ) -> Vec<(Vec<u8>, Option<Vec<u8>>, Version)> {
-        lock(&self.sh.replica).scan(start, end, limit, keys_only)
+        let r = lock(&self.sh.replica);
+        let now = r.now(crate::clock::wall_micros());
+        r.scan(start, end, limit, keys_only, now)
     }
 
     pub fn acceptors_of(&self, key: &[u8]) -> Vec<NodeId> {
@@ -536,7 +565,8 @@ impl Server {
 
     /// Every live `(key, value)` in key order.
     pub fn dump(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
-        lock(&self.sh.replica).dump()
+        let r = lock(&self.sh.replica);
+        r.dump_at(r.now(crate::clock::wall_micros()))
     }
 
     /// Status of the server and its background tasks.
@@ -611,6 +641,7 @@ impl Server {
                 value,
                 seen_ts: 0,
                 dep: None,
+                ttl: None,
             }])
             .await
             .map(|_| ())
@@ -983,13 +1014,21 @@ fn commit_loop(sh: Arc<Shared>, mut storage: Storage, mut rx: mpsc::Receiver<Com
                     }
                     *lock(&sh.storage_stats) = storage.stats();
                     let mut replica = lock(&sh.replica);
-                    // What the batch changes (a new winning version), for the watchers:
-                    // recorded once it is committed.
+                    // What the batch changes (a new winning version, or the expiry of
+                    // the current one), for the watchers: recorded once it is committed.
                     let changes: Vec<_> = batch
                         .writes
                         .iter()
-                        .filter(|(k, e)| replica.entry(k).map(|old| old.version) != Some(e.version))
-                        .map(|(k, e)| (k.clone(), e.value.clone(), e.version))
+                        .filter(|(k, e)| {
+                            replica.entry(k).is_none_or(|old| {
+                                old.version != e.version
+                                    || (old.value.is_some() && e.value.is_none())
+                            })
+                        })
+                        .map(|(k, e)| {
+                            let expired = e.value.is_none() && e.expires.is_some();
+                            (k.clone(), e.value.clone(), e.version, expired)
+                        })
                         .collect();
                     committer.persisted(&mut replica, batch);
                     drop(replica);
@@ -1658,6 +1697,37 @@ impl Shared {
         }
     }
 
+    /// Turn every value whose expiry time has come into its expiry tombstone (see
+    /// [`meshkv_core::entry`]): reads hide an expired value from its expiry time on;
+    /// this makes the tombstone (and the watch event) follow within moments.
+    async fn expiry_loop(self: Arc<Self>) {
+        let mut commits = self.commits.subscribe();
+        loop {
+            let (due, wait) = {
+                let r = lock(&self.replica);
+                let now = r.now(crate::clock::wall_micros());
+                let wait = r.next_expiry().map(|at| at.saturating_sub(now));
+                (r.expired_keys(now, 1024), wait)
+            };
+            if !due.is_empty() {
+                let ops = due.into_iter().map(|key| Op::Expire { key }).collect();
+                match self.commit(ops).await {
+                    Ok(_) => continue,
+                    // Expiring frees space; with a full disk, try again later.
+                    Err(ServerError::DiskFull(_)) => {}
+                    Err(_) => return,
+                }
+            }
+            let wait = wait.map_or(Duration::from_secs(1), |us| {
+                Duration::from_micros(us.max(1000)).min(Duration::from_secs(1))
+            });
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                changed = commits.changed() => if changed.is_err() { return },
+            }
+        }
+    }
+
     async fn serve_client(self: Arc<Self>, conn: quinn::Connection) {
         let server = Server { sh: self.clone() };
         while let Ok((mut send, mut recv)) = conn.accept_bi().await {
@@ -1829,4 +1899,9 @@ impl Server {
             },
         }
     }
+}
+
+/// A duration in whole µs (saturating).
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }

@@ -123,15 +123,31 @@ pub fn decode(bytes: &[u8]) -> Result<(Header, Entries), SnapshotError> {
     let mut entries = Vec::with_capacity(header.entries.min(1 << 20) as usize);
     for i in 0..header.entries {
         let n = u32::from_le_bytes(take(4)?.try_into().map_err(|_| bad("length"))?);
-        let rec: (Vec<u8>, Entry) = bincode::serde::decode_from_slice(take(n as usize)?, config())
-            .map_err(|e| SnapshotError::Damaged(format!("entry {i}: {e}")))?
-            .0;
+        let rec = record(take(n as usize)?)
+            .map_err(|e| SnapshotError::Damaged(format!("entry {i}: {e}")))?;
         entries.push(rec);
     }
     if at != body.len() {
         return Err(bad("bytes after the last entry"));
     }
     Ok((header, entries))
+}
+
+/// One `(key, entry)` record, whole, in the current shape or the one snapshots had
+/// before expiry existed ([`meshkv_core::legacy`]).
+fn record(b: &[u8]) -> Result<(Vec<u8>, Entry), String> {
+    fn whole<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, String> {
+        match bincode::serde::decode_from_slice::<T, _>(b, config()) {
+            Ok((v, used)) if used == b.len() => Ok(v),
+            Ok((_, used)) => Err(format!("{} trailing bytes", b.len() - used)),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+    whole::<(Vec<u8>, Entry)>(b).or_else(|e| {
+        whole::<(Vec<u8>, meshkv_core::legacy::EntryV1)>(b)
+            .map(|(k, v)| (k, v.into()))
+            .map_err(|_| e)
+    })
 }
 
 /// What a restore wrote.

@@ -26,9 +26,9 @@
 //! | `m/node`                                    | the owning server id, u64 big-endian |
 //! | `m/meta`                                    | bincode([`Meta`]): counter, clock, watermarks, floor |
 //! | `m/seq`                                     | the batch sequence number, u64 big-endian (absent = 0) |
-//! | `k/` + key                                  | bincode([`Entry`]) of the key (tombstones too) |
+//! | `k/` + key                                  | bincode([`Entry`]) of the key (tombstones too); records from before expiry existed have no `expires` and are read as [`meshkv_core::legacy::EntryV1`] |
 //! | `l/` + origin (u64 BE) + counter (u64 BE)   | the key the log record `origin:counter` maps to |
-//! | `p/` + key                                  | bincode([`AcceptorState`]) of the key's linearizable register |
+//! | `p/` + key                                  | bincode([`AcceptorState`]) of the key's linearizable register (or the pre-expiry shape, likewise) |
 //!
 //! bincode is the standard configuration, through serde. `m/format` and `m/node` must
 //! agree with `meshkv.id`. Nothing else is stored; any other key is reported as corrupt
@@ -669,7 +669,7 @@ impl Storage {
             .get(&k)
             .map_err(|e| StorageError::db("reading acceptor state", e))?
         {
-            Some(v) => decode(&k, &v),
+            Some(v) => decode_acceptor(&k, &v),
             None => Ok(AcceptorState::default()),
         }
     }
@@ -980,12 +980,12 @@ fn load(db: &sled::Db) -> Result<Loaded, StorageError> {
     for item in db.iter() {
         let (k, v) = item.map_err(|e| StorageError::db("reading the store", e))?;
         if let Some(key) = k.strip_prefix(PREFIX_ENTRY) {
-            entries.push((key.to_vec(), decode::<Entry>(&k, &v)?));
+            entries.push((key.to_vec(), decode_entry(&k, &v)?));
         } else if let Some(rest) = k.strip_prefix(PREFIX_LOG) {
             log.push((parse_dot(&k, rest)?, v.to_vec()));
         } else if k.starts_with(PREFIX_PAXOS) {
             // Read on demand; checked here so that a damaged record refuses the store.
-            decode::<AcceptorState>(&k, &v)?;
+            decode_acceptor(&k, &v)?;
         } else if k.as_ref() == KEY_META {
             meta = Some(decode::<Meta>(&k, &v)?);
         } else if k.as_ref() != KEY_FORMAT && k.as_ref() != KEY_NODE && k.as_ref() != KEY_SEQ {
@@ -1049,6 +1049,25 @@ fn decode<T: serde::de::DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T,
         ));
     }
     Ok(value)
+}
+
+/// An entry record, in the current shape or one an earlier release wrote
+/// ([`meshkv_core::legacy`]).
+pub fn decode_entry(key: &[u8], bytes: &[u8]) -> Result<Entry, StorageError> {
+    decode::<Entry>(key, bytes).or_else(|e| {
+        decode::<meshkv_core::legacy::EntryV1>(key, bytes)
+            .map(Entry::from)
+            .map_err(|_| e)
+    })
+}
+
+/// An acceptor record, in the current shape or an earlier one.
+fn decode_acceptor(key: &[u8], bytes: &[u8]) -> Result<AcceptorState, StorageError> {
+    decode::<AcceptorState>(key, bytes).or_else(|e| {
+        decode::<meshkv_core::legacy::AcceptorStateV1>(key, bytes)
+            .map(AcceptorState::from)
+            .map_err(|_| e)
+    })
 }
 
 /// A key for messages: printable ASCII as is, other bytes escaped.
@@ -1340,6 +1359,7 @@ mod tests {
             value: Some(b"v".to_vec()),
             seen_ts: 0,
             dep: None,
+            ttl: None,
         };
         let st = r.stage(vec![put("a")], 10);
         let e = s.persist(&st).unwrap_err();

@@ -31,6 +31,7 @@ fn put(key: &str, value: &str) -> Op {
         value: Some(value.as_bytes().to_vec()),
         seen_ts: 0,
         dep: None,
+        ttl: None,
     }
 }
 
@@ -40,6 +41,7 @@ fn delete(key: &str) -> Op {
         value: None,
         seen_ts: 0,
         dep: None,
+        ttl: None,
     }
 }
 

@@ -471,3 +471,81 @@ fn a_broken_acceptor_is_caught() {
         );
     }
 }
+
+/// An expired value is never read straight from the register: the proposer that finds
+/// it expired makes its expiry tombstone the register's value first (an accept), so a
+/// proposer whose clock is behind cannot read the value once anyone read it gone.
+#[test]
+fn an_expired_value_is_replaced_by_its_tombstone_through_an_accept() {
+    let set = vec![1, 2, 3];
+    let mut held = val("x", 10);
+    held.entry = held.entry.expiring(Some(50));
+    let peeked = |ballot| PaxosResp::Peeked {
+        ballot,
+        accepted: b(1, 1),
+        value: Some(held.clone()),
+    };
+    // Before the expiry time: the unanimous peek answers the value at once.
+    let mut early = Proposer::new(b"k".to_vec(), Change::Read, b(2, 1), set.clone());
+    early.set_now(49);
+    let _ = early.start();
+    let _ = early.on_response(1, peeked(b(2, 1)));
+    assert!(matches!(
+        early.on_response(2, peeked(b(2, 1))),
+        Next::Done {
+            current: Some(Entry { value: Some(_), .. }),
+            ..
+        }
+    ));
+    // At it: no shortcut; the full round accepts the tombstone, then answers absent.
+    let mut late = Proposer::new(b"k".to_vec(), Change::Read, b(2, 1), set.clone());
+    late.set_now(50);
+    let _ = late.start();
+    let _ = late.on_response(1, peeked(b(2, 1)));
+    assert!(matches!(
+        late.on_response(2, peeked(b(2, 1))),
+        Next::Send(_)
+    ));
+    let promise = PaxosResp::Promise {
+        ballot: b(2, 1),
+        accepted: b(1, 1),
+        value: Some(held.clone()),
+    };
+    let _ = late.on_response(1, promise.clone());
+    let Next::Send(reqs) = late.on_response(2, promise) else {
+        panic!("expected the accepts");
+    };
+    let gone = Value {
+        entry: held.entry.expired(),
+        recent: held.recent.clone(),
+    };
+    assert!(reqs
+        .iter()
+        .all(|(_, r)| *r == accept(b(2, 1), Some(gone.clone()))));
+    let _ = late.on_response(1, PaxosResp::Accepted { ballot: b(2, 1) });
+    match late.on_response(2, PaxosResp::Accepted { ballot: b(2, 1) }) {
+        Next::Done { current, .. } => {
+            let e = current.expect("the tombstone");
+            assert_eq!((e.value, e.version), (None, held.entry.version));
+        }
+        other => panic!("expected done, got {other:?}"),
+    }
+    // A conditional write finds the key absent.
+    let w = Change::Write {
+        value: Some(b"y".to_vec()),
+        cond: Cond::Absent,
+    };
+    let mut p = Proposer::new(b"k".to_vec(), w, b(3, 1), set);
+    p.set_now(60);
+    let _ = p.start();
+    let promise = PaxosResp::Promise {
+        ballot: b(3, 1),
+        accepted: b(1, 1),
+        value: Some(held.clone()),
+    };
+    let _ = p.on_response(1, promise.clone());
+    match p.on_response(2, promise) {
+        Next::Stamp { current } => assert_eq!(current, Some(held.entry.expired())),
+        other => panic!("expected a stamp, got {other:?}"),
+    }
+}

@@ -10,6 +10,7 @@ fn put(r: &mut Replica, key: &[u8], value: &[u8], wall: u64) -> (Version, Vec<Re
             value: Some(value.to_vec()),
             seen_ts: 0,
             dep: None,
+            ttl: None,
         }],
         wall,
     );
@@ -169,6 +170,7 @@ fn a_fast_peer_does_not_drag_the_clock_and_later_writes_still_win() {
             value: Some(b"1".to_vec()),
             seen_ts: u64::MAX,
             dep: None,
+            ttl: None,
         }],
         wall + 4,
     );
@@ -265,6 +267,7 @@ fn tombstones_are_dropped_only_when_everyone_holds_them_and_never_resurrect() {
             value: None,
             seen_ts: 0,
             dep: None,
+            ttl: None,
         }],
         5_000_000,
     );
@@ -321,6 +324,7 @@ fn a_put_after_a_trim_in_the_same_batch_is_not_lost() {
             value: None,
             seen_ts: 0,
             dep: None,
+            ttl: None,
         }],
         10,
     );
@@ -334,6 +338,7 @@ fn a_put_after_a_trim_in_the_same_batch_is_not_lost() {
                 value: Some(b"back".to_vec()),
                 seen_ts: 0,
                 dep: None,
+                ttl: None,
             },
         ],
         20,
@@ -451,6 +456,7 @@ fn a_put_behind_its_dependency_is_refused_and_writes_nothing() {
                 value: Some(b"from-b".to_vec()),
                 seen_ts: v.ts,
                 dep: Some(v.dot),
+                ttl: None,
             }],
             50,
         );
@@ -485,4 +491,112 @@ fn a_put_behind_its_dependency_is_refused_and_writes_nothing() {
     };
     assert!(version.ts > v.ts);
     assert_eq!(previous.map(|p| p.version), Some(v));
+}
+
+/// A TTL write reads as present before its expiry time and absent from it on, on the
+/// writer and on a replica alike; each turns it into a tombstone of the same version
+/// on its own (nothing relayed, no dot), the expiry index follows, a write made before
+/// the expiry with no TTL is never expired, and a restored replica keeps the expiry.
+#[test]
+fn a_ttl_write_expires_everywhere_at_its_time_without_a_new_write() {
+    let mut a = Replica::with_rid(1, 11, Limits::default());
+    let mut b = Replica::with_rid(2, 22, Limits::default());
+    let mut st = a.stage(
+        vec![Op::Put {
+            key: b"k".to_vec(),
+            value: Some(b"v".to_vec()),
+            seen_ts: 0,
+            dep: None,
+            ttl: Some(1_000),
+        }],
+        10_000,
+    );
+    let Outcome::Put { version, .. } = st.outcomes.remove(0) else {
+        panic!("not a put")
+    };
+    let at = version.ts + 1_000;
+    a.commit(st);
+    let entry = a.entry(b"k").cloned().expect("written");
+    assert_eq!(entry.expires, Some(at));
+    let st = b.stage(
+        vec![Op::Apply {
+            key: b"k".to_vec(),
+            entry,
+            dots: vec![version.dot],
+            from: Some(1),
+        }],
+        10_000,
+    );
+    b.commit(st);
+    for r in [&mut a, &mut b] {
+        assert_eq!(r.next_expiry(), Some(at));
+        assert!(matches!(
+            r.read(b"k", None, 0, at - 1),
+            ReadOutcome::Found { .. }
+        ));
+        assert_eq!(r.scan(b"", None, 10, false, at - 1).len(), 1);
+        assert_eq!(
+            r.read(b"k", Some(version.dot), 0, at),
+            ReadOutcome::Missing {
+                version: Some(version)
+            }
+        );
+        assert!(r.scan(b"", None, 10, false, at).is_empty());
+        assert!(r.dump_at(at).is_empty());
+        // Not due yet: nothing happens.
+        assert!(r.expired_keys(at - 1, 10).is_empty());
+        let st = r.stage(vec![Op::Expire { key: b"k".to_vec() }], at - 1);
+        assert!(st.is_empty());
+        // Due: a tombstone of the same version, no log record, nothing relayed.
+        assert_eq!(r.expired_keys(at, 10), vec![b"k".to_vec()]);
+        let counter = r.meta().counter;
+        let st = r.stage(vec![Op::Expire { key: b"k".to_vec() }], at);
+        assert!(st.log.is_empty() && st.meta.counter == counter);
+        assert!(r.commit(st).is_empty());
+        let e = r.entry(b"k").expect("tombstone");
+        assert_eq!((e.value.as_ref(), e.version), (None, version));
+        assert_eq!(r.next_expiry(), None);
+    }
+    assert_eq!(a.root(), b.root(), "both expired it the same way");
+    // A write without a TTL replaces the expiring one: it never expires.
+    let (v2, _) = put(&mut a, b"j", b"1", 20_000);
+    let mut st = a.stage(
+        vec![Op::Put {
+            key: b"j".to_vec(),
+            value: Some(b"2".to_vec()),
+            seen_ts: v2.ts,
+            dep: None,
+            ttl: Some(5),
+        }],
+        20_001,
+    );
+    let Outcome::Put { previous, .. } = st.outcomes.remove(0) else {
+        panic!("not a put")
+    };
+    assert_eq!(previous.and_then(|p| p.value), Some(b"1".to_vec()));
+    a.commit(st);
+    let (_, _) = put(&mut a, b"j", b"3", 20_002);
+    assert_eq!(a.next_expiry(), None);
+    assert!(matches!(
+        a.read(b"j", None, 0, 99_000_000),
+        ReadOutcome::Found { .. }
+    ));
+    // Restored from its entries, a replica knows the expiry times again.
+    let mut c = Replica::with_rid(3, 33, Limits::default());
+    let mut st = c.stage(
+        vec![Op::Put {
+            key: b"t".to_vec(),
+            value: Some(b"v".to_vec()),
+            seen_ts: 0,
+            dep: None,
+            ttl: Some(7),
+        }],
+        50,
+    );
+    let _ = st.outcomes.remove(0);
+    c.commit(st);
+    let entries: Vec<_> = c.snapshot().1;
+    let restored = Replica::restore(3, 34, Limits::default(), c.meta(), entries, Vec::new(), 50);
+    assert_eq!(restored.next_expiry(), c.next_expiry());
+    assert!(restored.next_expiry().is_some());
 }

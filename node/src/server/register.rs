@@ -115,16 +115,19 @@ impl Shared {
         key: &[u8],
         current: Option<Entry>,
         value: Option<Vec<u8>>,
+        ttl: Option<u64>,
     ) -> Result<Entry, ServerError> {
         let ops = vec![Op::Stamp {
             key: key.to_vec(),
             value: value.clone(),
             current,
+            ttl,
         }];
         match self.commit(ops).await?.pop() {
             Some(Outcome::Put { version, previous }) => {
                 let ctx = previous.map(|p| p.ctx).unwrap_or_default();
-                Ok(Entry::write(value, version, &ctx))
+                let expires = ttl.map(|t| version.ts.saturating_add(t));
+                Ok(Entry::write(value, version, &ctx).expiring(expires))
             }
             other => Err(ServerError::Write(format!(
                 "stamping a linearizable write gave {other:?}"
@@ -137,6 +140,7 @@ impl Shared {
         self: &Arc<Self>,
         key: Vec<u8>,
         change: Change,
+        ttl: Option<u64>,
     ) -> Result<LinOutcome, ServerError> {
         if matches!(change, Change::Write { .. }) {
             if let Some(why) = self.disk_full() {
@@ -174,7 +178,11 @@ impl Shared {
             }
             // What this server's store holds now: a newer session write joins the
             // register's history in this round.
-            p.set_local(lock(&self.replica).entry(&key).cloned());
+            {
+                let r = lock(&self.replica);
+                p.set_local(r.entry(&key).cloned());
+                p.set_now(r.now(crate::clock::wall_micros()));
+            }
             let (tx, mut rx) = mpsc::unbounded_channel();
             let mut outstanding = 0usize;
             let mut next = p.start();
@@ -193,7 +201,7 @@ impl Shared {
                         next = Next::Wait;
                     }
                     Next::Stamp { current } => {
-                        let entry = self.stamp(&key, current, value.clone()).await?;
+                        let entry = self.stamp(&key, current, value.clone(), ttl).await?;
                         next = p.propose(entry);
                     }
                     Next::Done {

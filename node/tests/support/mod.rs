@@ -6,8 +6,8 @@
 use anyhow::{anyhow, bail, Result};
 use bytes::Bytes;
 use hyper::Method;
-use meshkv_node::cli::{Endpoint, HttpClient, Reply};
-use meshkv_node::http::encode_key;
+use meshkv_node::cli::{Endpoint, HttpClient, Reply, SseEvent, SseParser};
+use meshkv_node::http::{decode_key, encode_key};
 use meshkv_node::meshkv_core::Version;
 use meshkv_node::pki::{self, Identity};
 use std::io::{BufRead, BufReader};
@@ -307,4 +307,58 @@ pub fn version(r: &Reply) -> Result<Version> {
 
 pub fn after(v: &Version, wait_ms: u64) -> Vec<(&'static str, String)> {
     vec![(AFTER, v.to_string()), (WAIT, wait_ms.to_string())]
+}
+
+/// A watch stream's events, read as they come.
+pub struct Watch {
+    resp: reqwest::Response,
+    parser: SseParser,
+    ready: std::collections::VecDeque<SseEvent>,
+}
+
+impl Watch {
+    pub async fn open(c: &HttpClient, ep: &Endpoint, query: &str) -> Result<Watch> {
+        let mut conn = c.connect(ep).await?;
+        let resp = conn
+            .stream(Method::GET, &format!("/watch?{query}"), &[])
+            .await?;
+        if resp.status() != 200 {
+            bail!("watch {query}: {}", resp.status());
+        }
+        Ok(Watch {
+            resp,
+            parser: SseParser::default(),
+            ready: Default::default(),
+        })
+    }
+
+    /// The next event, within 20 s.
+    pub async fn next(&mut self) -> Result<SseEvent> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(e) = self.ready.pop_front() {
+                return Ok(e);
+            }
+            let chunk = tokio::time::timeout_at(deadline, self.resp.chunk())
+                .await
+                .map_err(|_| anyhow!("no event within 20 s"))??
+                .ok_or_else(|| anyhow!("the stream ended"))?;
+            self.ready.extend(self.parser.feed(&chunk));
+        }
+    }
+}
+
+pub fn event_key(e: &SseEvent) -> Result<(String, Option<String>)> {
+    let v: serde_json::Value = serde_json::from_str(&e.data)?;
+    let key = decode_key(
+        v["key"]
+            .as_str()
+            .ok_or_else(|| anyhow!("no key in {e:?}"))?,
+    )
+    .map_err(|e| anyhow!(e))?;
+    let value = match v["value"].as_str() {
+        Some(s) => Some(String::from_utf8(decode_key(s).map_err(|e| anyhow!(e))?)?),
+        None => None,
+    };
+    Ok((String::from_utf8(key)?, value))
 }
