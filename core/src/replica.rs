@@ -239,6 +239,19 @@ pub enum Outcome {
     Dep,
 }
 
+/// One change of a key's winning state within a batch (what watchers are told).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Change {
+    /// The key.
+    pub key: Vec<u8>,
+    /// Its new value; `None`: deleted or expired.
+    pub value: Option<Vec<u8>>,
+    /// The winning write.
+    pub version: Version,
+    /// The change is the expiry of the write `version`.
+    pub expired: bool,
+}
+
 /// Per changed key: the dots that changed it and where they came from (`None`: here).
 type RelaySource = (Vec<Dot>, BTreeSet<Option<NodeId>>);
 
@@ -247,6 +260,11 @@ type RelaySource = (Vec<Dot>, BTreeSet<Option<NodeId>>);
 pub struct Staged {
     /// The final entry of each key changed in this batch.
     pub writes: BTreeMap<Vec<u8>, Entry>,
+    /// Every change of a key's winning state, in the order the batch's ops made them:
+    /// a new winning version, or the expiry of the current one (a merge that only
+    /// grows a context is no change). Several writes to one key in one batch are
+    /// several changes, though only the last is in `writes`.
+    pub changes: Vec<Change>,
     /// Keys to delete from the store (dropped tombstones).
     pub removes: Vec<Vec<u8>>,
     /// New log records.
@@ -624,6 +642,12 @@ impl Replica {
                     match self.current(&st, &key) {
                         Some(e) if e.expired_at(now) => {
                             let gone = e.expired();
+                            st.changes.push(Change {
+                                key: key.clone(),
+                                value: None,
+                                version: gone.version,
+                                expired: true,
+                            });
                             st.removes.retain(|k| *k != key);
                             st.writes.insert(key, gone);
                             Outcome::Applied { changed: true }
@@ -725,6 +749,12 @@ impl Replica {
         let entry = Entry::write(value, version, &ctx).expiring(ttl.map(|t| ts.saturating_add(t)));
         // What the write replaced, as of its own timestamp (an expired value is gone).
         let previous = previous.map(|p| p.at(ts));
+        st.changes.push(Change {
+            key: key.clone(),
+            value: entry.value.clone(),
+            version,
+            expired: false,
+        });
         st.removes.retain(|k| *k != key);
         st.writes.insert(key.clone(), entry);
         st.log.push((dot, key.clone()));
@@ -750,6 +780,14 @@ impl Replica {
             Some(cur) if cur.subsumes(&entry) => false,
             Some(cur) => {
                 let merged = cur.clone().joined(&entry);
+                if merged.version != cur.version || merged.value.is_none() != cur.value.is_none() {
+                    st.changes.push(Change {
+                        key: key.clone(),
+                        value: merged.value.clone(),
+                        version: merged.version,
+                        expired: merged.value.is_none() && merged.expires.is_some(),
+                    });
+                }
                 st.removes.retain(|k| *k != key);
                 st.writes.insert(key.clone(), merged);
                 true
@@ -759,6 +797,12 @@ impl Replica {
                     // A stale echo of a key whose tombstone we already dropped.
                     false
                 } else {
+                    st.changes.push(Change {
+                        key: key.clone(),
+                        value: entry.value.clone(),
+                        version: entry.version,
+                        expired: entry.value.is_none() && entry.expires.is_some(),
+                    });
                     st.writes.insert(key.clone(), entry);
                     true
                 }

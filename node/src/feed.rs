@@ -11,8 +11,11 @@
 //! * A listing reads [`Feed::last`] *before* it reads the store, so watching from the
 //!   id a listing returned misses nothing (a change may be seen twice: once in the
 //!   listing and once in the feed; versions tell them apart).
-//! * Only keys' winning entries are changes: a batch that merely merges contexts
-//!   (same version) records nothing. Deletes and expiries are tombstones
+//! * A change is a new winning version of a key, or the expiry of the current one
+//!   ([`meshkv_core::replica::Staged::changes`]), recorded in the order the batch's
+//!   operations made them: several writes to one key committed in one batch are
+//!   several changes. A batch that merely merges contexts (same version) records
+//!   nothing. Deletes and expiries are tombstones
 //!   (`value: None`); an expiry keeps the version of the write that expired and is
 //!   marked [`Change::expired`].
 

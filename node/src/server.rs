@@ -993,7 +993,7 @@ fn commit_loop(sh: Arc<Shared>, mut storage: Storage, mut rx: mpsc::Receiver<Com
             let out = committer.poll(&mut lock(&sh.replica), crate::clock::wall_micros());
             match out {
                 None => break,
-                Some(CommitOutput::Persist(batch)) => {
+                Some(CommitOutput::Persist(mut batch)) => {
                     let skew = lock(&sh.replica).clock_skew();
                     // One line per burst of far-ahead timestamps (powers of two).
                     if skew.ahead > ahead_logged && skew.ahead >= ahead_logged.saturating_mul(2) {
@@ -1014,21 +1014,11 @@ fn commit_loop(sh: Arc<Shared>, mut storage: Storage, mut rx: mpsc::Receiver<Com
                     }
                     *lock(&sh.storage_stats) = storage.stats();
                     let mut replica = lock(&sh.replica);
-                    // What the batch changes (a new winning version, or the expiry of
-                    // the current one), for the watchers: recorded once it is committed.
-                    let changes: Vec<_> = batch
-                        .writes
-                        .iter()
-                        .filter(|(k, e)| {
-                            replica.entry(k).is_none_or(|old| {
-                                old.version != e.version
-                                    || (old.value.is_some() && e.value.is_none())
-                            })
-                        })
-                        .map(|(k, e)| {
-                            let expired = e.value.is_none() && e.expires.is_some();
-                            (k.clone(), e.value.clone(), e.version, expired)
-                        })
+                    // What the batch changes, in order, for the watchers: recorded
+                    // once it is committed.
+                    let changes: Vec<_> = std::mem::take(&mut batch.changes)
+                        .into_iter()
+                        .map(|c| (c.key, c.value, c.version, c.expired))
                         .collect();
                     committer.persisted(&mut replica, batch);
                     drop(replica);

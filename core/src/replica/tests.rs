@@ -600,3 +600,68 @@ fn a_ttl_write_expires_everywhere_at_its_time_without_a_new_write() {
     assert_eq!(restored.next_expiry(), c.next_expiry());
     assert!(restored.next_expiry().is_some());
 }
+
+/// Several writes to one key in one batch are several changes, in order (watchers see
+/// each); a merge that only grows a context is none; an incoming newer write is one.
+#[test]
+fn a_batch_lists_every_change_in_order() {
+    let mut r = Replica::with_rid(1, 11, Limits::default());
+    let ops = ["a", "b", "c"]
+        .iter()
+        .map(|v| Op::Put {
+            key: b"k".to_vec(),
+            value: Some(v.as_bytes().to_vec()),
+            seen_ts: 0,
+            dep: None,
+            ttl: None,
+        })
+        .chain([Op::Put {
+            key: b"k".to_vec(),
+            value: None,
+            seen_ts: 0,
+            dep: None,
+            ttl: None,
+        }])
+        .collect();
+    let st = r.stage(ops, 100);
+    let seen: Vec<Option<&[u8]>> = st.changes.iter().map(|c| c.value.as_deref()).collect();
+    assert_eq!(seen, [Some(&b"a"[..]), Some(b"b"), Some(b"c"), None]);
+    assert!(st.changes.windows(2).all(|w| w[0].version < w[1].version));
+    assert_eq!(st.writes.len(), 1);
+    r.commit(st);
+    let cur = r.entry(b"k").cloned().expect("tombstone");
+    // The same entry again, with a larger context: no change.
+    let mut echo = cur.clone();
+    echo.ctx.raise(99, 1);
+    let st = r.stage(
+        vec![Op::Apply {
+            key: b"k".to_vec(),
+            entry: echo,
+            dots: vec![],
+            from: Some(2),
+        }],
+        200,
+    );
+    assert!(st.changes.is_empty() && !st.writes.is_empty());
+    r.commit(st);
+    // A newer write from a peer: one change.
+    let newer = Entry::write(
+        Some(b"z".to_vec()),
+        Version {
+            ts: cur.version.ts + 10,
+            dot: Dot::new(22, 1),
+        },
+        &cur.ctx,
+    );
+    let st = r.stage(
+        vec![Op::Apply {
+            key: b"k".to_vec(),
+            entry: newer,
+            dots: vec![Dot::new(22, 1)],
+            from: Some(2),
+        }],
+        300,
+    );
+    assert_eq!(st.changes.len(), 1);
+    assert_eq!(st.changes[0].value.as_deref(), Some(&b"z"[..]));
+}
