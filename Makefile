@@ -44,7 +44,7 @@ SEEDS ?= 10000
 sim:
 	$(CARGO) build --release -p meshkv-master --bin meshkv-sim
 	target/release/meshkv-sim --seeds $(SEEDS)
-	for m in reuse-dot skip-dep-check trim-ignoring-members ack-before-fsync; do \
+	for m in reuse-dot skip-dep-check trim-ignoring-members ack-before-fsync expire-by-delete; do \
 	  target/release/meshkv-sim --seeds 1000 --mutation $$m || exit 1; done
 	target/release/meshkv-sim --registers --seeds $(SEEDS)
 	for m in acceptor-ignores-promise acceptor-forgets-on-crash; do \

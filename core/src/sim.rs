@@ -194,6 +194,11 @@ impl SimCluster {
         self.skew.insert(id, micros);
     }
 
+    /// The simulated wall clock (µs), before any node's skew.
+    pub fn wall(&self) -> u64 {
+        self.wall
+    }
+
     /// Let `micros` of simulated time pass.
     pub fn advance(&mut self, micros: u64) {
         self.wall += micros;
@@ -333,12 +338,44 @@ impl SimCluster {
 
     /// A client put through server `at`.
     pub fn put(&mut self, at: NodeId, key: &[u8], value: &[u8], s: &mut Session) -> Version {
-        self.write(at, key, Some(value.to_vec()), s)
+        self.write(at, key, Some(value.to_vec()), None, s)
+    }
+
+    /// A client put through server `at` of a value that expires `ttl` µs after the
+    /// write's timestamp.
+    pub fn put_expiring(
+        &mut self,
+        at: NodeId,
+        key: &[u8],
+        value: &[u8],
+        ttl: u64,
+        s: &mut Session,
+    ) -> Version {
+        self.write(at, key, Some(value.to_vec()), Some(ttl), s)
     }
 
     /// A client delete through server `at`.
     pub fn delete(&mut self, at: NodeId, key: &[u8], s: &mut Session) -> Version {
-        self.write(at, key, None, s)
+        self.write(at, key, None, None, s)
+    }
+
+    /// Node `id`'s expiry sweep, as its `expiry` task runs it: every live value whose
+    /// expiry time its clock has reached becomes its expiry tombstone. Returns the keys.
+    pub fn expire(&mut self, id: NodeId) -> Vec<Vec<u8>> {
+        let Some(r) = self.nodes.get(&id) else {
+            return Vec::new();
+        };
+        let keys = r.expired_keys(r.now(self.wall_of(id)), usize::MAX);
+        if !keys.is_empty() {
+            let ops = keys.iter().map(|k| Op::Expire { key: k.clone() }).collect();
+            self.run(id, ops);
+        }
+        keys
+    }
+
+    /// The HLC time of node `id` now.
+    pub fn now_of(&self, id: NodeId) -> u64 {
+        self.nodes.get(&id).map_or(0, |r| r.now(self.wall_of(id)))
     }
 
     /// A client write (`None` deletes) through server `at`, updating the session.
@@ -347,6 +384,7 @@ impl SimCluster {
         at: NodeId,
         key: &[u8],
         value: Option<Vec<u8>>,
+        ttl: Option<u64>,
         s: &mut Session,
     ) -> Version {
         let out = self.run(
@@ -356,7 +394,7 @@ impl SimCluster {
                 value,
                 seen_ts: s.seen_ts(),
                 dep: None,
-                ttl: None,
+                ttl,
             }],
         );
         match out.first() {

@@ -14,6 +14,9 @@
 //! * `rollback`: it restarts from an older copy of its disk (a restored backup);
 //! * `skew`: a server's clock jumps up to an hour ahead or behind.
 //!
+//! A quarter of the puts carry a TTL (up to 0.3 s of simulated time), and servers run
+//! their expiry sweep at random moments, each by its own (possibly skewed) clock.
+//!
 //! Invariants, checked during and after every run:
 //! * **no dot reused**: every acknowledged write has a dot no other write ever had;
 //! * **sessions**: a client never reads a version older (in last-writer-wins order)
@@ -23,7 +26,10 @@
 //!   the cluster settles, every server holds identical stores, and each key holds the
 //!   newest acknowledged write that survived — a write is lost legitimately only when
 //!   the disk of the one server that held it was wiped or rolled back before any other
-//!   server got it.
+//!   server got it. Every value a server holds was written by a client (an expiry
+//!   makes no write of its own), and once every expiry time has passed and every
+//!   server swept, a key whose newest write had a TTL is that write's tombstone
+//!   everywhere.
 //!
 //! What this runs is the replication rules of [`crate::replica`] through the server's own
 //! write path ([`crate::commit::Committer`]) and anti-entropy round
@@ -51,15 +57,19 @@ pub enum Mutation {
     /// A server acknowledges a write before it is durable: its fsync runs later, and a
     /// crash in between restarts it from the disk as last synced.
     AckBeforeFsync,
+    /// The expiry sweep deletes an expired key with a write of its own (a new dot and
+    /// timestamp) instead of turning the expired write into its tombstone.
+    ExpireByDelete,
 }
 
 impl Mutation {
     /// Every mutation.
-    pub const ALL: [Mutation; 4] = [
+    pub const ALL: [Mutation; 5] = [
         Mutation::ReuseDotAfterRestart,
         Mutation::SkipDependencyCheck,
         Mutation::TrimIgnoringMembers,
         Mutation::AckBeforeFsync,
+        Mutation::ExpireByDelete,
     ];
 
     /// Its command-line name.
@@ -69,6 +79,7 @@ impl Mutation {
             Mutation::SkipDependencyCheck => "skip-dep-check",
             Mutation::TrimIgnoringMembers => "trim-ignoring-members",
             Mutation::AckBeforeFsync => "ack-before-fsync",
+            Mutation::ExpireByDelete => "expire-by-delete",
         }
     }
 
@@ -112,6 +123,8 @@ struct Acked {
     key: Vec<u8>,
     version: Version,
     deleted: bool,
+    /// When it expires (HLC µs), for a put with a TTL.
+    expires: Option<u64>,
     origin_server: NodeId,
     lost: bool,
 }
@@ -159,11 +172,12 @@ impl Run {
         let key = format!("k{}", self.rng.gen_range(0..KEYS)).into_bytes();
         let delete = self.rng.gen_ratio(1, 6);
         let value = format!("v{}", self.report.ops);
+        let ttl = (!delete && self.rng.gen_ratio(1, 4)).then(|| self.rng.gen_range(1..300_000));
         let s = &mut self.sessions[ci].0;
-        let version = if delete {
-            self.c.delete(at, &key, s)
-        } else {
-            self.c.put(at, &key, value.as_bytes(), s)
+        let version = match (delete, ttl) {
+            (true, _) => self.c.delete(at, &key, s),
+            (false, Some(t)) => self.c.put_expiring(at, &key, value.as_bytes(), t, s),
+            (false, None) => self.c.put(at, &key, value.as_bytes(), s),
         };
         self.report.ops += 1;
         self.note(|| {
@@ -185,6 +199,7 @@ impl Run {
             key,
             version,
             deleted: delete,
+            expires: ttl.map(|t| version.ts + t),
             origin_server: at,
             lost: false,
         });
@@ -388,10 +403,32 @@ impl Run {
                 self.fault("skew");
                 self.note(|| format!("server {id} clock {off:+} µs"));
             }
+            97 => {
+                let id = self.server();
+                self.sweep(id);
+            }
             _ => {
                 let us = self.rng.gen_range(1..50_000);
                 self.c.advance(us);
             }
+        }
+    }
+
+    /// Server `id`'s expiry sweep.
+    fn sweep(&mut self, id: NodeId) {
+        let keys = if self.cfg.mutation == Some(Mutation::ExpireByDelete) {
+            // The planted bug: a delete of its own for each expired key.
+            let now = self.c.now_of(id);
+            let keys = self.c.nodes[&id].expired_keys(now, usize::MAX);
+            for k in &keys {
+                self.c.delete(id, k, &mut Session::new());
+            }
+            keys
+        } else {
+            self.c.expire(id)
+        };
+        if !keys.is_empty() {
+            self.note(|| format!("expiry sweep {id}: {} key(s)", keys.len()));
         }
     }
 
@@ -402,6 +439,18 @@ impl Run {
                     self.c.set_link(a, b, true);
                 }
             }
+        }
+        self.c.settle();
+        // Clocks heal too; then every expiry time passes and every server sweeps.
+        for id in self.ids.clone() {
+            self.c.set_skew(id, 0);
+        }
+        let last = self.acked.iter().filter_map(|a| a.expires).max();
+        if let Some(last) = last {
+            self.c.advance(last.saturating_sub(self.c.wall()) + 1);
+        }
+        for id in self.ids.clone() {
+            self.sweep(id);
         }
         self.c.settle();
         self.c.trim_all();
@@ -423,15 +472,18 @@ impl Run {
                 *e = a;
             }
         }
+        let written: BTreeSet<Version> = self.acked.iter().map(|a| a.version).collect();
         let mut bad = Vec::new();
         for (key, a) in newest {
+            let gone = a.deleted || a.expires.is_some();
             for (id, r) in &self.c.nodes {
                 let ok = match r.entry(&key) {
                     Some(e) => {
-                        e.version >= a.version
-                            && (e.version > a.version || e.value.is_none() == a.deleted)
+                        written.contains(&e.version)
+                            && e.version >= a.version
+                            && (e.version > a.version || e.value.is_none() == gone)
                     }
-                    None => a.deleted,
+                    None => gone,
                 };
                 if !ok {
                     bad.push(format!(
