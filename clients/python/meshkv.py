@@ -24,6 +24,8 @@ What it does, in short (the server's API is in docs/http.md):
   default level and follows what the answers say they were served at: once one says
   ``session`` the client behaves as a session client from then on.
 * **Compare-and-set** (``if_version=`` / ``if_absent=True``) is always linearizable.
+* **Expiry**: ``put(..., ttl=SECONDS)`` writes a value that every server drops
+  ``SECONDS`` after the write's timestamp; a watch reports it as an ``expire`` event.
 * **Keys** are ``str`` (UTF-8) or ``bytes``, any bytes; **values** are ``bytes`` or
   ``str``; reads return ``bytes``.
 * **Listing** (:meth:`Client.list`) and **watching** (:meth:`Client.watch`) follow
@@ -38,6 +40,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import operator
 import socket
 import ssl
 import threading
@@ -71,9 +74,13 @@ AFTER = "X-Meshkv-After"
 WAIT = "X-Meshkv-Wait-Ms"
 LEVEL = "X-Meshkv-Consistency"
 VERSION = "X-Meshkv-Version"
+TTL = "X-Meshkv-Ttl"
 WATCH_ID = "X-Meshkv-Watch-Id"
 
 LEVELS = ("session", "linearizable")
+
+# The longest TTL the servers accept, in seconds (ten years).
+MAX_TTL = 10 * 365 * 24 * 3600
 
 # How long a request keeps retrying while every endpoint answers 503 ERR_NOT_READY.
 NOT_READY_PATIENCE = 10.0
@@ -92,10 +99,12 @@ misses no change made after the snapshot; None when the server sends none) and
 
 Event = namedtuple("Event", "kind key value version id")
 Event.__doc__ = """One change from :meth:`Client.watch`: ``kind`` is ``"put"``,
-``"delete"`` or ``"reset"``; ``key`` and ``value`` are bytes (``value`` is None for a
-delete, both are None for a reset); ``version`` is the change's version string; ``id``
-is the event id to resume after (None when the event carried none). A ``reset`` means
-the changes since the id asked for cannot be replayed: list the keys again."""
+``"delete"``, ``"expire"`` (a value written with a TTL ran out) or ``"reset"``;
+``key`` and ``value`` are bytes (``value`` is None for a delete and an expiry, both
+are None for a reset); ``version`` is the change's version string (for an expiry, the
+version of the write that expired); ``id`` is the event id to resume after (None when
+the event carried none). A ``reset`` means the changes since the id asked for cannot
+be replayed: list the keys again."""
 
 
 class MeshkvError(Exception):
@@ -179,6 +188,22 @@ def parse_version(version: str) -> Tuple[int, int, int]:
     except ValueError:
         raise ValueError(f"version {version!r}: want three decimal numbers") from None
     return ts, origin, counter
+
+
+def _ttl_header(ttl: Optional[int]) -> Dict[str, str]:
+    """The ``X-Meshkv-Ttl`` header for ``ttl`` (none for None); ValueError unless it is
+    a whole number of seconds from 1 to :data:`MAX_TTL`."""
+    if ttl is None:
+        return {}
+    try:
+        if isinstance(ttl, bool):
+            raise TypeError
+        secs = operator.index(ttl)  # ints (and int-like types), not floats or strings
+    except TypeError:
+        raise ValueError(f"ttl {ttl!r}: want whole seconds (an int), 1 to {MAX_TTL}") from None
+    if not 1 <= secs <= MAX_TTL:
+        raise ValueError(f"ttl {secs}: want 1 to {MAX_TTL} seconds")
+    return {TTL: str(secs)}
 
 
 def _newer(a: Optional[str], b: str) -> bool:
@@ -564,20 +589,26 @@ class Client:
         return self.get_versioned(key)[0]
 
     def put(self, key: Key, value: Value, if_version: Optional[str] = None,
-            if_absent: bool = False) -> Optional[bytes]:
+            if_absent: bool = False, ttl: Optional[int] = None) -> Optional[bytes]:
         """Write ``value`` under ``key``; return the previous value (None when there
         was none).
 
         With ``if_version`` the write happens only if the key's current version is
         that one; with ``if_absent=True`` only if the key has no value. Otherwise
         :class:`PreconditionFailed` is raised, carrying the current version.
-        """
-        return self._put(key, value, if_version, if_absent)[0]
 
-    def _put(self, key, value, if_version, if_absent):
+        With ``ttl`` (whole seconds, 1 to ten years; ValueError otherwise) the value
+        expires ``ttl`` seconds after the write's timestamp (the ``<ts>`` of its
+        version), on every server: from then on the key reads as absent and watchers
+        get an ``expire`` event. The TTL belongs to this write only: a later put
+        replaces it (a put without ``ttl`` makes the key permanent again).
+        """
+        return self._put(key, value, if_version, if_absent, ttl)[0]
+
+    def _put(self, key, value, if_version, if_absent, ttl=None):
         if if_version is not None and if_absent:
             raise ValueError("if_version and if_absent together")
-        extra = {}
+        extra = _ttl_header(ttl)
         if if_version is not None:
             extra["If-Match"] = if_version
         elif if_absent:
@@ -593,9 +624,12 @@ class Client:
         raise err
 
     def put_versioned(self, key: Key, value: Value, if_version: Optional[str] = None,
-                      if_absent: bool = False) -> Tuple[Optional[bytes], Optional[str]]:
-        """Like :meth:`put`, but return ``(previous value, version of the new value)``."""
-        return self._put(key, value, if_version, if_absent)
+                      if_absent: bool = False,
+                      ttl: Optional[int] = None) -> Tuple[Optional[bytes], Optional[str]]:
+        """Like :meth:`put`, but return ``(previous value, version of the new value)``.
+        With ``ttl`` the value expires at ``parse_version(version)[0] + ttl * 1_000_000``
+        (microseconds since the Unix epoch)."""
+        return self._put(key, value, if_version, if_absent, ttl)
 
     def delete(self, key: Key, if_version: Optional[str] = None) -> Optional[bytes]:
         """Delete ``key`` (a replicated tombstone); return the previous value (None when
@@ -674,7 +708,7 @@ class Client:
 
     def watch(self, prefix: Optional[Key] = None, after: Optional[str] = None,
               idle_timeout: float = 60.0, reconnect_for: float = 30.0) -> "Watch":
-        """Follow changes: an iterator of :class:`Event` (put, delete, reset).
+        """Follow changes: an iterator of :class:`Event` (put, delete, expire, reset).
 
         ``prefix``: only keys starting with it; ``after``: an event id to resume after
         (changes after it are replayed, or a ``reset`` event says they cannot be).
@@ -865,7 +899,7 @@ class Watch:
                         self._retry = int(value) / 1000.0
 
     def _dispatch(self, kind: str, data: str, event_id: Optional[str]) -> Optional[Event]:
-        if kind not in ("put", "delete", "reset"):
+        if kind not in ("put", "delete", "expire", "reset"):
             return None  # an event this client does not know
         if kind == "reset":
             return Event("reset", None, None, None, event_id)
@@ -889,6 +923,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     import os
     import sys
 
+    def ttl_arg(text: str) -> int:
+        try:
+            ttl = int(text)
+            _ttl_header(ttl)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"want whole seconds, 1 to {MAX_TTL}") from None
+        return ttl
+
     p = argparse.ArgumentParser(prog="python3 -m meshkv", description="A meshkv client.")
     p.add_argument("--endpoints", default=os.environ.get("MESHKV_ENDPOINTS", "http://127.0.0.1:8000"),
                    help="comma-separated server URLs (default: $MESHKV_ENDPOINTS)")
@@ -902,6 +944,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     w.add_argument("value", nargs="?")
     w.add_argument("--if-version")
     w.add_argument("--if-absent", action="store_true")
+    w.add_argument("--ttl", type=ttl_arg, help="expire the value TTL seconds after the write")
     d = sub.add_parser("del", help="delete a key")
     d.add_argument("key")
     d.add_argument("--if-version")
@@ -926,7 +969,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             sys.stdout.buffer.write(v + b"\n")
         elif a.cmd == "put":
             value = a.value.encode() if a.value is not None else sys.stdin.buffer.read()
-            kv.put(a.key, value, if_version=a.if_version, if_absent=a.if_absent)
+            kv.put(a.key, value, if_version=a.if_version, if_absent=a.if_absent, ttl=a.ttl)
             print(kv.session_token(a.key))
         elif a.cmd == "del":
             kv.delete(a.key, if_version=a.if_version)

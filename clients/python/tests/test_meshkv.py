@@ -169,6 +169,38 @@ class FakeServerTests(unittest.TestCase):
         c.session.observe("k", "1000.7.1")
         self.assertEqual(c.session_token("k"), "1000.7.1")
 
+    def test_ttl_is_sent_as_a_header_and_checked_locally(self):
+        def app(h, req):
+            h.answer(201, b"", [("X-Meshkv-Version", "100.7.1"), ("X-Meshkv-Consistency", "session")])
+
+        f = self.fake(app)
+        c = Client([f.url], consistency="session")
+        self.assertIsNone(c.put("k", b"v", ttl=30))
+        r = f.requests[-1]
+        self.assertEqual((r["method"], r["path"]), ("PUT", "/kv/k"))  # a header, no ?ttl=
+        self.assertEqual(r["headers"]["x-meshkv-ttl"], "30")
+        self.assertEqual(r["headers"]["x-meshkv-consistency"], "session")
+        self.assertEqual(c.put_versioned("k", b"v", ttl=315360000), (None, "100.7.1"))
+        self.assertEqual(f.requests[-1]["headers"]["x-meshkv-ttl"], "315360000")
+        # With compare-and-set too (still linearizable).
+        c.put("k", b"w", if_absent=True, ttl=1)
+        r = f.requests[-1]["headers"]
+        self.assertEqual((r["x-meshkv-ttl"], r["if-none-match"], r["x-meshkv-consistency"]),
+                         ("1", "*", "linearizable"))
+        # No ttl, no header.
+        c.put("k", b"v")
+        c.put_versioned("k", b"v", ttl=None)
+        for r in f.requests[-2:]:
+            self.assertNotIn("x-meshkv-ttl", r["headers"])
+        # Not whole seconds from 1 to ten years: refused before anything is sent.
+        sent = len(f.requests)
+        for bad in (0, -1, 315360001, 1.5, 2.0, "5", True, b"5"):
+            with self.assertRaises(ValueError, msg=repr(bad)):
+                c.put("k", b"v", ttl=bad)
+            with self.assertRaises(ValueError, msg=repr(bad)):
+                c.put_versioned("k", b"v", ttl=bad)
+        self.assertEqual(len(f.requests), sent)
+
     def test_keys_are_percent_encoded_bytes(self):
         def app(h, req):
             h.answer(404, b"ERR_KEY\n")
@@ -282,6 +314,8 @@ class FakeServerTests(unittest.TestCase):
                 b'event: reset\ndata: {"reason":"gone"}\n\n'
                 b"id: cd:9\nevent: put\n"
                 b'data: {"key":"z","value":"","version":"2.2.2"}\n\n'
+                b"id: cd:10\nevent: expire\n"
+                b'data: {"key":"z%2Ft","version":"2.2.1"}\n\n'
             )
             h.wfile.flush()
             h.server.fake.stop.wait(EVENT_TIMEOUT)  # hold the stream open
@@ -292,7 +326,7 @@ class FakeServerTests(unittest.TestCase):
         with c.watch(prefix="a/", after="00:0") as w:
             for ev in w:
                 got.append(ev)
-                if len(got) == 4:
+                if len(got) == 5:
                     break
         self.assertEqual(
             got,
@@ -301,11 +335,12 @@ class FakeServerTests(unittest.TestCase):
                 meshkv.Event("delete", b"a/b", None, "1.2.4", "ab:3"),
                 meshkv.Event("reset", None, None, None, None),
                 meshkv.Event("put", b"z", b"", "2.2.2", "cd:9"),
+                meshkv.Event("expire", b"z/t", None, "2.2.1", "cd:10"),
             ],
         )
         self.assertEqual(conns[0], "/watch?prefix=a%2F&after=00:0")
         self.assertEqual(conns[1], "/watch?prefix=a%2F&after=ab:3")
-        self.assertEqual(w.last_id, "cd:9")
+        self.assertEqual(w.last_id, "cd:10")
         self.assertEqual(w.endpoint, f.url)
         self.assertEqual(c.session_token("a/b"), "1.2.4")
 
@@ -619,6 +654,42 @@ class ClusterTests(unittest.TestCase):
             ev = next(w)
         self.assertEqual((ev.kind, ev.key, ev.value, ev.version),
                          ("put", (prefix + "after").encode(), b"1", version))
+
+    def test_a_put_with_a_ttl_expires_and_its_watchers_are_told(self):
+        self.require_watch()
+        k = self.key("ttl")
+        # The watch is open before the put, so the expiry cannot slip past it.
+        w = self.kv.watch(prefix=k)
+        self.addCleanup(w.close)
+        events = queue.Queue()
+
+        def consume():
+            try:
+                for ev in w:
+                    events.put(ev)
+            except Exception as e:  # reported by the main thread
+                events.put(e)
+
+        threading.Thread(target=consume, daemon=True).start()
+        self.assertTrue(w.wait_connected(EVENT_TIMEOUT), "the watch did not connect")
+        prev, version = self.kv.put_versioned(k, b"short-lived", ttl=1)
+        self.assertIsNone(prev)
+        self.assertEqual(self.kv.get(k), b"short-lived")
+        # No sleeping: block on the watch until the server says the value expired.
+        while True:
+            ev = events.get(timeout=EVENT_TIMEOUT)
+            if isinstance(ev, Exception):
+                raise ev
+            self.assertNotEqual(ev.kind, "reset")
+            self.assertEqual(ev.key, k.encode())
+            if ev.kind == "expire":
+                break
+            self.assertEqual((ev.kind, ev.value, ev.version), ("put", b"short-lived", version))
+        self.assertEqual((ev.value, ev.version), (None, version))  # the expired write's version
+        self.assertIsNone(self.kv.get(k))
+        for e in ENDPOINTS:
+            self.assertIsNone(self.kv.with_endpoints([e]).get(k), e)
+        self.assertEqual([i.key for i in Client([ENDPOINTS[0]]).list(prefix=k)], [])
 
     def test_watch_reset_on_an_unknown_id(self):
         self.require_watch()
