@@ -691,3 +691,83 @@ fn a_record_lost_inside_a_committed_batch_is_refused() {
     assert!(matches!(e, StorageError::Mismatch { .. }), "{e}");
     assert!(e.to_string().contains("do not add up"), "{e}");
 }
+
+/// A store written before expiry existed (entries and acceptor states one field
+/// shorter) opens with every entry and register intact; a TTL written now survives a
+/// restart with its expiry time.
+#[test]
+fn a_store_from_before_expiry_opens_intact_and_ttls_persist() {
+    use meshkv_node::meshkv_core::paxos::{AcceptorState, Ballot, Value};
+    let cfg = bincode::config::standard();
+    let old_entry =
+        |e: &Entry| bincode::serde::encode_to_vec((&e.value, e.version, &e.ctx), cfg).unwrap();
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("store");
+    let ballot = Ballot {
+        counter: 3,
+        node: 1,
+        rid: 9,
+    };
+    let (entries, state) = {
+        let (mut s, mut r) = open(&dir, 4);
+        let ops = vec![put("a", "1"), put("b", "2"), delete("b"), put("c", "3")];
+        apply(&mut s, &mut r, ops, 1_000);
+        let entries = r.snapshot().1;
+        let state = AcceptorState {
+            promised: ballot,
+            accepted: ballot,
+            value: Some(Value {
+                entry: entries[0].1.clone(),
+                recent: vec![entries[1].1.version],
+            }),
+        };
+        s.persist_acceptors(&[(b"a".to_vec(), state.clone())])
+            .unwrap();
+        (entries, state)
+    };
+    {
+        // What the earlier release wrote, put in place by hand.
+        let db = sled::open(&dir).unwrap();
+        for (k, e) in &entries {
+            let mut key = b"k/".to_vec();
+            key.extend_from_slice(k);
+            assert!(db.insert(key, old_entry(e)).unwrap().is_some());
+        }
+        let v = state.value.as_ref().unwrap();
+        let old_state = bincode::serde::encode_to_vec(
+            (
+                state.promised,
+                state.accepted,
+                Some(((&v.entry.value, v.entry.version, &v.entry.ctx), &v.recent)),
+            ),
+            cfg,
+        )
+        .unwrap();
+        assert!(db.insert(b"p/a", old_state).unwrap().is_some());
+        db.flush().unwrap();
+        close_sled(db, &dir);
+    }
+    {
+        let (mut s, mut r) = open(&dir, 4);
+        assert_eq!(r.snapshot().1, entries);
+        assert_eq!(s.acceptor(b"a").unwrap(), state);
+        let mut st = r.stage(
+            vec![Op::Put {
+                key: b"t".to_vec(),
+                value: Some(b"x".to_vec()),
+                seen_ts: 0,
+                dep: None,
+                ttl: Some(5_000_000),
+            }],
+            2_000,
+        );
+        st.outcomes.clear();
+        s.persist(&st).unwrap();
+        r.commit(st);
+    }
+    let (_, r) = open(&dir, 4);
+    let e = r.entry(b"t").expect("the TTL write");
+    assert_eq!(e.expires, Some(e.version.ts + 5_000_000));
+    assert_eq!(r.next_expiry(), e.expires);
+    assert_eq!(r.snapshot().1.len(), entries.len() + 1);
+}
