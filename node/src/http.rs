@@ -286,7 +286,8 @@ pub enum HttpError {
 pub struct HttpServer {
     addr: SocketAddr,
     tls: bool,
-    task: tokio::task::JoinHandle<()>,
+    /// Stops the accept loop ([`HttpServer::stop`]).
+    stop: Arc<tokio::sync::Notify>,
 }
 
 impl HttpServer {
@@ -306,7 +307,7 @@ impl HttpServer {
 
     /// Stop accepting connections (open ones finish their current request).
     pub fn stop(&self) {
-        self.task.abort();
+        self.stop.notify_one();
     }
 }
 
@@ -345,11 +346,19 @@ pub async fn start(server: Server, opts: HttpOpts) -> Result<HttpServer, HttpErr
         lin_as_session,
     });
     let is_tls = tls.is_some();
-    let task = tokio::spawn(accept_loop(listener, app, tls));
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let stopped = stop.clone();
+    let server = app.server.clone();
+    server.spawn_task("http-accept", "http listener", async move {
+        tokio::select! {
+            _ = accept_loop(listener, app, tls) => {}
+            _ = stopped.notified() => {}
+        }
+    });
     Ok(HttpServer {
         addr,
         tls: is_tls,
-        task,
+        stop,
     })
 }
 
@@ -481,7 +490,8 @@ async fn accept_loop(listener: TcpListener, app: Shared, tls: Option<tokio_rustl
         let router = router.clone();
         let app = app.clone();
         let tls = tls.clone();
-        tokio::spawn(async move {
+        let server = app.server.clone();
+        server.spawn_task("http-connection", "http listener", async move {
             app.metrics.connection(1);
             let serve = async {
                 match tls {

@@ -778,6 +778,15 @@ impl Server {
     pub fn workers(&self) -> Vec<crate::workers::WorkerStatus> {
         self.sh.workers.status()
     }
+
+    /// Run `fut` as one of this server's tasks (named, owned, in `/status`, stopped by
+    /// [`Server::shutdown`]); the HTTP listener's tasks are started this way.
+    pub fn spawn_task<F>(&self, name: &str, owner: &str, fut: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.sh.workers.spawn(name, owner, fut);
+    }
 }
 
 /// One line of [`Server::members`].

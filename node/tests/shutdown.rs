@@ -5,6 +5,20 @@ use meshkv_node::pki::{Ca, Identity};
 use meshkv_node::server::{Server, ServerOpts};
 use std::time::Duration;
 
+/// Thread ids of this process's threads named `name`.
+fn tids(name: &str) -> Vec<String> {
+    std::fs::read_dir("/proc/self/task")
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter(|e| {
+                    std::fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.trim() == name)
+                })
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Names of this process's threads.
 fn threads() -> Vec<String> {
     std::fs::read_dir("/proc/self/task")
@@ -44,20 +58,53 @@ async fn shutdown_leaves_no_task_or_thread_running() {
             .await
             .expect("put");
     }
-    assert_eq!(threads().iter().filter(|t| *t == "commit").count(), 2);
+    let commit_threads = tids("commit");
+    assert_eq!(commit_threads.len(), 2, "{:?}", threads());
+    // HTTP on server 0, with a watch open: its listener and connection are the
+    // server's tasks too.
+    let web = meshkv_node::http::start(
+        servers[0].clone(),
+        meshkv_node::http::HttpOpts::plain("127.0.0.1:0".parse().expect("address")),
+    )
+    .await
+    .expect("http");
+    let mut watch = reqwest::Client::new()
+        .get(format!("{}/watch", web.url()))
+        .send()
+        .await
+        .expect("watch");
+    assert_eq!(watch.status(), 200);
+    let running = |name: &str| {
+        servers[0]
+            .workers()
+            .iter()
+            .filter(|w| w.name == name)
+            .map(|w| w.running)
+            .sum::<u64>()
+    };
+    assert_eq!(running("http-accept"), 1, "{:?}", servers[0].workers());
+    assert_eq!(running("http-connection"), 1, "{:?}", servers[0].workers());
     let running: u64 = servers[0].workers().iter().map(|w| w.running).sum();
-    assert!(running >= 6, "{:?}", servers[0].workers());
+    assert!(running >= 8, "{:?}", servers[0].workers());
     for s in &servers {
         assert!(s.shutdown().await, "{:?}", s.workers());
         let left: Vec<_> = s.workers().into_iter().filter(|w| w.running > 0).collect();
         assert!(left.is_empty(), "still running: {left:?}");
     }
-    assert_eq!(
-        threads().iter().filter(|t| *t == "commit").count(),
-        0,
-        "{:?}",
-        threads()
-    );
+    // The watch ended with its server (no hang: the stream reports its end).
+    let end = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Ok(Some(_)) = watch.chunk().await {}
+    })
+    .await;
+    assert!(end.is_ok(), "the watch outlived its server");
+    // Both commit threads were joined. The kernel lists a thread until it has finished
+    // exiting, a moment after a join returns: give it that moment (at most 5 s).
+    let gone = |t: &String| !std::path::Path::new("/proc/self/task").join(t).exists();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !commit_threads.iter().all(gone) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(commit_threads.iter().all(gone), "{:?}", threads());
     // A stopped server refuses writes instead of hanging.
     let r = tokio::time::timeout(
         Duration::from_secs(5),
