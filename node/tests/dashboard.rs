@@ -386,12 +386,7 @@ async fn the_dashboard_shows_a_server_fail_and_the_mesh_heal() -> Result<()> {
         return Ok(());
     }
     let started = Instant::now();
-    let mut cl = Cluster::new(&vec![NodeCfg::default(); 3])?;
-    cl.start_all()?;
-    let c = plain();
-    for i in 0..3 {
-        cl.wait_links(i, 2, &c).await?;
-    }
+    let (mut cl, c) = meshed(&vec![NodeCfg::default(); 3]).await?;
     let cd = Chromedriver::start().await?;
     let session = cd.session().await?;
     let result = drive(&mut cl, &c, &session).await;

@@ -57,13 +57,7 @@ fn ts_of(r: &meshkv_node::cli::Reply) -> Result<u64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_key_with_a_ttl_is_gone_from_every_server_at_its_expiry() -> Result<()> {
-    let mut cl = Cluster::new(&[NodeCfg::default(), NodeCfg::default(), NodeCfg::default()])?;
-    cl.start_all()?;
-    let c = plain();
-    for i in 0..3 {
-        cl.wait_ready(i, &c).await?;
-        cl.wait_links(i, 2, &c).await?;
-    }
+    let (mut cl, c) = meshed(&[NodeCfg::default(), NodeCfg::default(), NodeCfg::default()]).await?;
     let ep0 = cl.ep(0)?;
     let mut watches = [
         Watch::open(&c, &ep0, "prefix=t%2F").await?,

@@ -19,16 +19,13 @@ use std::time::{Duration, Instant};
 
 mod support;
 
-use support::{after, get, kv, plain, put, version, Cluster, NodeCfg, AFTER, VERSION, WAIT};
+use support::{
+    after, get, kv, meshed, plain, put, version, Cluster, NodeCfg, AFTER, VERSION, WAIT,
+};
 
 #[tokio::test]
 async fn round_trips_through_a_three_server_cluster() -> Result<()> {
-    let mut cl = Cluster::new(&vec![NodeCfg::default(); 3])?;
-    cl.start_all()?;
-    let c = plain();
-    for i in 0..3 {
-        cl.wait_links(i, 2, &c).await?;
-    }
+    let (cl, c) = meshed(&vec![NodeCfg::default(); 3]).await?;
     let (e0, e1, e2) = (cl.ep(0)?, cl.ep(1)?, cl.ep(2)?);
     let key: &[u8] = b"greeting / \xc3\xbc \x00 100%";
 
@@ -353,12 +350,7 @@ async fn chain(
 
 #[tokio::test]
 async fn chain_of_old_values_with_and_without_the_session_token() -> Result<()> {
-    let mut cl = Cluster::new(&vec![NodeCfg::default(); 3])?;
-    cl.start_all()?;
-    let c = plain();
-    for i in 0..3 {
-        cl.wait_links(i, 2, &c).await?;
-    }
+    let (cl, c) = meshed(&vec![NodeCfg::default(); 3]).await?;
     let t = Instant::now();
     let (breaks, deps, waited) = chain(&cl, &c, "tok", true).await?;
     println!(

@@ -184,12 +184,7 @@ async fn run(env: &[(String, String)], headers: Vec<(&'static str, String)>) -> 
         env: env.to_vec(),
         ..Default::default()
     };
-    let mut cl = Cluster::new(&[cfg.clone(), cfg.clone(), cfg])?;
-    cl.start_all()?;
-    let c = plain();
-    for i in 0..3 {
-        cl.wait_links(i, 2, &c).await?;
-    }
+    let (cl, _) = meshed(&[cfg.clone(), cfg.clone(), cfg]).await?;
     let eps: Vec<Endpoint> = (0..3).map(|i| cl.ep(i)).collect::<Result<_>>()?;
     let start = Instant::now();
     let tasks: Vec<_> = (0..CLIENTS)

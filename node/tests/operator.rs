@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 mod support;
 
-use support::{after, get, plain, put, version, Cluster, NodeCfg, Proc};
+use support::{after, get, meshed, plain, put, version, Cluster, NodeCfg, Proc};
 
 async fn status(c: &HttpClient, ep: &Endpoint) -> Result<serde_json::Value> {
     let r = c
@@ -46,13 +46,7 @@ async fn identical_within(cl: &Cluster, c: &HttpClient, bound: Duration) -> Resu
 
 /// A 3-server cluster, all started, linked and ready.
 async fn three(cfgs: [NodeCfg; 3]) -> Result<(Cluster, HttpClient)> {
-    let mut cl = Cluster::new(&cfgs)?;
-    cl.start_all()?;
-    let c = plain();
-    for i in 0..3 {
-        cl.wait_links(i, 2, &c).await?;
-    }
-    Ok((cl, c))
+    meshed(&cfgs).await
 }
 
 /// `n` puts of `prefix{i}` through node `i`; returns the versions acknowledged.

@@ -49,13 +49,7 @@ async fn cluster(http: &str) -> Result<(Cluster, String)> {
         http: http.to_string(),
         ..Default::default()
     };
-    let mut cl = Cluster::new(&[cfg.clone(), cfg.clone(), cfg])?;
-    cl.start_all()?;
-    let c = plain();
-    for i in 0..3 {
-        cl.wait_ready(i, &c).await?;
-        cl.wait_links(i, 2, &c).await?;
-    }
+    let (cl, _) = meshed(&[cfg.clone(), cfg.clone(), cfg]).await?;
     let urls = (0..3)
         .map(|i| cl.ep(i).map(|e| e.url()))
         .collect::<Result<Vec<_>>>()?;

@@ -34,13 +34,7 @@ async fn status(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_server_restored_from_a_snapshot_rejoins_and_converges() -> Result<()> {
-    let mut cl = Cluster::new(&[NodeCfg::default(), NodeCfg::default(), NodeCfg::default()])?;
-    cl.start_all()?;
-    let c = plain();
-    for i in 0..3 {
-        cl.wait_ready(i, &c).await?;
-        cl.wait_links(i, 2, &c).await?;
-    }
+    let (mut cl, c) = meshed(&[NodeCfg::default(), NodeCfg::default(), NodeCfg::default()]).await?;
     let old_incarnation = status(&c, &cl, 2).await?["incarnation"].clone();
 
     // A writer through server 0 (and a delete now and then) for the whole save.

@@ -263,6 +263,18 @@ impl Cluster {
     }
 }
 
+/// A cluster of `cfgs.len()` servers, all started, linked to each other and ready,
+/// with a plain HTTP client.
+pub async fn meshed(cfgs: &[NodeCfg]) -> Result<(Cluster, HttpClient)> {
+    let mut cl = Cluster::new(cfgs)?;
+    cl.start_all()?;
+    let c = plain();
+    for i in 0..cfgs.len() {
+        cl.wait_links(i, cfgs.len() - 1, &c).await?;
+    }
+    Ok((cl, c))
+}
+
 pub fn plain() -> HttpClient {
     HttpClient::new(None, None, Duration::from_secs(20))
 }
