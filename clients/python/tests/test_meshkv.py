@@ -405,6 +405,23 @@ class ClusterTests(unittest.TestCase):
         self.kv = Client(ENDPOINTS)
         self.addCleanup(self.kv.close)
 
+    def consume(self, w):
+        """Read watch ``w`` on a thread into a queue (an exception ends up there too);
+        the watch is closed at cleanup. Returns the queue and the thread."""
+        self.addCleanup(w.close)
+        events = queue.Queue()
+
+        def run():
+            try:
+                for ev in w:
+                    events.put(ev)
+            except Exception as e:  # reported by the main thread
+                events.put(e)
+
+        t = threading.Thread(target=run, daemon=True)
+        t.start()
+        return events, t
+
     def key(self, name):
         return self.ns + name
 
@@ -596,19 +613,8 @@ class ClusterTests(unittest.TestCase):
         self.require_watch()
         c = Client(ENDPOINTS, consistency="session")
         prefix = self.key("w/")
-        events = queue.Queue()
         w = c.watch(prefix=prefix)
-        self.addCleanup(w.close)
-
-        def consume():
-            try:
-                for ev in w:
-                    events.put(ev)
-            except Exception as e:  # reported by the main thread
-                events.put(e)
-
-        t = threading.Thread(target=consume, daemon=True)
-        t.start()
+        events, t = self.consume(w)
         self.assertTrue(w.wait_connected(EVENT_TIMEOUT), "the watch did not connect")
         v1 = c.put_versioned(prefix + "a", b"1\xff")[1]
         c.put(self.key("w"), b"outside the prefix")
@@ -660,17 +666,7 @@ class ClusterTests(unittest.TestCase):
         k = self.key("ttl")
         # The watch is open before the put, so the expiry cannot slip past it.
         w = self.kv.watch(prefix=k)
-        self.addCleanup(w.close)
-        events = queue.Queue()
-
-        def consume():
-            try:
-                for ev in w:
-                    events.put(ev)
-            except Exception as e:  # reported by the main thread
-                events.put(e)
-
-        threading.Thread(target=consume, daemon=True).start()
+        events, _ = self.consume(w)
         self.assertTrue(w.wait_connected(EVENT_TIMEOUT), "the watch did not connect")
         prev, version = self.kv.put_versioned(k, b"short-lived", ttl=1)
         self.assertIsNone(prev)
