@@ -319,6 +319,10 @@ struct App {
     /// Test-only (`MESHKV_TEST_MUTATION=lin-as-session`): serve linearizable requests
     /// at the session level, so that tests can show their checker catches it.
     lin_as_session: bool,
+    /// The last mesh snapshot of the dashboard and when it was taken: every viewer
+    /// within [`MESH_FRESH`] shares it, so peers are asked at most about twice a
+    /// second however many dashboards are open.
+    mesh: tokio::sync::Mutex<Option<(tokio::time::Instant, Arc<String>)>>,
 }
 
 type Shared = Arc<App>;
@@ -344,6 +348,7 @@ pub async fn start(server: Server, opts: HttpOpts) -> Result<HttpServer, HttpErr
         opts,
         addr,
         lin_as_session,
+        mesh: tokio::sync::Mutex::new(None),
     });
     let is_tls = tls.is_some();
     let stop = Arc::new(tokio::sync::Notify::new());
@@ -1828,6 +1833,24 @@ async fn ui_page(req: Request) -> Response {
 /// How long the dashboard waits for a peer's status.
 const MESH_WAIT: Duration = Duration::from_millis(500);
 
+/// How long one mesh snapshot serves every dashboard.
+const MESH_FRESH: Duration = Duration::from_millis(400);
+
+/// The latest mesh snapshot ([`mesh_json`]), taken anew when the last is older than
+/// [`MESH_FRESH`]; viewers asking while one is taken wait for it.
+async fn shared_mesh(app: &App) -> Arc<String> {
+    let mut last = app.mesh.lock().await;
+    if let Some((at, json)) = last.as_ref() {
+        if at.elapsed() < MESH_FRESH {
+            return json.clone();
+        }
+    }
+    let json = Arc::new(mesh_json(app).await);
+    app.metrics.dashboard_snapshot();
+    *last = Some((tokio::time::Instant::now(), json.clone()));
+    json
+}
+
 /// The mesh as this server sees it: `{"from": id, "at_ms": unix ms, "servers":
 /// {"<id>": {"status": {...}} | {"error": "..."}}}` — its own `/status` document and
 /// that of every peer it has a link to (asked over QUIC).
@@ -1864,7 +1887,7 @@ async fn ui_mesh(State(app): State<Shared>, req: Request) -> Response {
     (
         StatusCode::OK,
         [(header::CONTENT_TYPE, "application/json")],
-        mesh_json(&app).await,
+        shared_mesh(&app).await.to_string(),
     )
         .into_response()
 }
@@ -1884,7 +1907,7 @@ async fn ui_events(State(app): State<Shared>, req: Request) -> Response {
         }
         let ev = axum::response::sse::Event::default()
             .event("mesh")
-            .data(mesh_json(&app).await);
+            .data(shared_mesh(&app).await.as_str());
         Some((Ok::<_, std::convert::Infallible>(ev), (app, false)))
     });
     axum::response::sse::Sse::new(stream).into_response()

@@ -10,6 +10,7 @@
 //! | `meshkv_http_request_duration_seconds` | histogram | `route`, `method` | time to answer (dependency waits included) |
 //! | `meshkv_http_connections` | gauge | | open HTTP connections |
 //! | `meshkv_http_connections_dropped_total` | counter | `reason` | HTTP connections closed by the connection limits: `per_ip_limit` (over `max_connections_per_ip`, closed at once), `shed_no_request` / `shed_idle` (closed to make room at `max_connections`: had not sent a request yet / idle between requests) |
+//! | `meshkv_dashboard_snapshots_total` | counter | | mesh snapshots taken for the dashboard (`/ui/mesh`, `/ui/events`): each asks every linked peer for its status; viewers share one for 400 ms |
 //! | `meshkv_node_id` | gauge | | this server's id |
 //! | `meshkv_build_info` | gauge | `version` | always 1: the running build |
 //! | `meshkv_linearizable_ops_total` / `meshkv_linearizable_retries_total` / `meshkv_linearizable_unavailable_total` | counter | | linearizable operations this server proposed: completed, attempts retried, answered `ERR_UNAVAILABLE` |
@@ -71,6 +72,7 @@ pub struct Metrics {
     latency: Family<RouteLabels, Histogram>,
     connections: Gauge,
     dropped: Family<DropLabels, Counter>,
+    snapshots: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -116,6 +118,12 @@ impl Metrics {
             "HTTP connections closed by the connection limits, by reason",
             dropped.clone(),
         );
+        let snapshots = Counter::default();
+        registry.register(
+            "meshkv_dashboard_snapshots",
+            "Mesh snapshots taken for the dashboard (each asks every linked peer)",
+            snapshots.clone(),
+        );
         registry.register_collector(Box::new(StatusCollector { server }));
         Metrics {
             registry,
@@ -123,6 +131,7 @@ impl Metrics {
             latency,
             connections,
             dropped,
+            snapshots,
         }
     }
 
@@ -138,6 +147,11 @@ impl Metrics {
         self.latency
             .get_or_create(&RouteLabels { route, method })
             .observe(took.as_secs_f64());
+    }
+
+    /// Count one mesh snapshot taken for the dashboard.
+    pub fn dashboard_snapshot(&self) {
+        self.snapshots.inc();
     }
 
     /// A connection opened (`+1`) or closed (`-1`).

@@ -176,6 +176,35 @@ async fn round_trips_through_a_three_server_cluster() -> Result<()> {
     assert!(value("process_cpu_seconds_total").is_some(), "{text}");
     let start = value("process_start_time_seconds").unwrap_or(0.0);
     assert!(start > 1.7e9, "start time {start}");
+
+    // Dashboards share one mesh snapshot: eight viewers at once make one (two if the
+    // machine stalls past its 400 ms), not eight rounds of status requests to peers.
+    let snapshots = |text: &str| -> Option<u64> {
+        text.lines().find_map(|l| {
+            l.strip_prefix("meshkv_dashboard_snapshots_total ")?
+                .parse()
+                .ok()
+        })
+    };
+    let before = snapshots(&text).ok_or_else(|| anyhow!("no snapshot counter:\n{text}"))?;
+    let views = (0..8).map(|_| c.call(&e0, Method::GET, "/ui/mesh", &[], Bytes::new()));
+    for r in futures_util::future::join_all(views).await {
+        let r = r?;
+        assert_eq!(r.status, 200);
+        let mesh: serde_json::Value = serde_json::from_slice(&r.body)?;
+        for id in ["0", "1", "2"] {
+            assert!(mesh["servers"][id]["status"].is_object(), "{mesh}");
+        }
+    }
+    let r = c
+        .call(&e0, Method::GET, "/metrics", &[], Bytes::new())
+        .await?;
+    let after = snapshots(&String::from_utf8_lossy(&r.body)).unwrap_or(0);
+    assert!(
+        (1..=2).contains(&(after - before)),
+        "{} snapshots for 8 viewers",
+        after - before
+    );
     Ok(())
 }
 
