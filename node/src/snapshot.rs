@@ -159,8 +159,14 @@ pub struct Restored {
     pub entries: usize,
 }
 
+/// Entries per batch of a restore.
+const RESTORE_BATCH: usize = 16_384;
+
 /// Build data directory `dir` for server `id` from snapshot `bytes`: the entries and
-/// watermarks, durably, and nothing else. `dir` must not exist or be empty.
+/// watermarks, durably, and nothing else. `dir` must not exist or be empty. The
+/// entries go in batches of [`RESTORE_BATCH`], the watermarks last: a restore cut
+/// short leaves a store that is merely behind (a server started on it catches up from
+/// its peers, as from an older copy), never one claiming what it lacks.
 pub fn restore(bytes: &[u8], dir: &Path, id: NodeId) -> Result<Restored, SnapshotError> {
     let (header, entries) = decode(bytes)?;
     if let Ok(mut d) = std::fs::read_dir(dir) {
@@ -179,19 +185,34 @@ pub fn restore(bytes: &[u8], dir: &Path, id: NodeId) -> Result<Restored, Snapsho
     };
     let (mut storage, mut replica) = Storage::open(dir, id, rid, 64 << 20, Limits::default())?;
     let n = entries.len();
-    let mut ops: Vec<Op> = entries
-        .into_iter()
-        .map(|(key, entry)| Op::Apply {
-            key,
-            entry,
-            dots: Vec::new(),
-            from: None,
-        })
-        .collect();
-    ops.push(Op::Adopt {
-        seen: header.seen.clone(),
-    });
-    let staged = replica.stage(ops, crate::clock::wall_micros());
+    // In batches of bounded size (one batch of a million entries would hold them all
+    // several times over in memory), the entries first, then the watermarks: adopted
+    // first, they would make every entry look like a stale echo of a dropped key.
+    let mut rest = entries.into_iter();
+    loop {
+        let ops: Vec<Op> = rest
+            .by_ref()
+            .take(RESTORE_BATCH)
+            .map(|(key, entry)| Op::Apply {
+                key,
+                entry,
+                dots: Vec::new(),
+                from: None,
+            })
+            .collect();
+        if ops.is_empty() {
+            break;
+        }
+        let staged = replica.stage(ops, crate::clock::wall_micros());
+        storage.persist(&staged)?;
+        replica.commit(staged);
+    }
+    let staged = replica.stage(
+        vec![Op::Adopt {
+            seen: header.seen.clone(),
+        }],
+        crate::clock::wall_micros(),
+    );
     storage.persist(&staged)?;
     replica.commit(staged);
     drop(storage);
