@@ -1708,18 +1708,27 @@ impl Shared {
                 let wait = r.next_expiry().map(|at| at.saturating_sub(now));
                 (r.expired_keys(now, 1024), wait)
             };
+            let wait = wait.map_or(Duration::from_secs(1), |us| {
+                Duration::from_micros(us.max(10_000)).min(Duration::from_secs(1))
+            });
             if !due.is_empty() {
                 let ops = due.into_iter().map(|key| Op::Expire { key }).collect();
-                match self.commit(ops).await {
-                    Ok(_) => continue,
-                    // Expiring frees space; with a full disk, try again later.
-                    Err(ServerError::DiskFull(_)) => {}
+                let done = self.commit(ops).await;
+                // Our own commit is no news: wait for the next one.
+                commits.borrow_and_update();
+                match done {
+                    Ok(out) if out.contains(&Outcome::Applied { changed: true }) => continue,
+                    // Nothing was due after all (the clock read differently): wait.
+                    Ok(_) => {}
+                    // Below the disk reserve nothing is written, expiries neither (reads
+                    // hide the values anyway): try again in a second.
+                    Err(ServerError::DiskFull(_)) => {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
                     Err(_) => return,
                 }
             }
-            let wait = wait.map_or(Duration::from_secs(1), |us| {
-                Duration::from_micros(us.max(1000)).min(Duration::from_secs(1))
-            });
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 changed = commits.changed() => if changed.is_err() { return },
