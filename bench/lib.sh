@@ -52,6 +52,7 @@ bench_stop_all() {
 }
 
 # bench_start_meshkv DIR BIN_DIR: 3 servers; sets BENCH_ENDPOINTS (comma-separated).
+# REPLICA_FSYNC_MS (default: the server's, 50) sets their replica_fsync_ms.
 bench_start_meshkv() {
     local dir=$1 bin=$2 i p
     mkdir -p "$dir"
@@ -64,6 +65,9 @@ bench_start_meshkv() {
             echo "data_dir = \"data$i\""
             echo "quic_listen = \"127.0.0.1:${q[$i]}\""
             echo "http_listen = \"127.0.0.1:0\""
+            if [ -n "${REPLICA_FSYNC_MS:-}" ]; then
+                echo "replica_fsync_ms = $REPLICA_FSYNC_MS"
+            fi
             echo "[certs]"
             echo "dir = \"certs\""
             for p in 0 1 2; do

@@ -3,16 +3,18 @@
 //! Messages sit in per-link FIFO queues (like the ordered QUIC push stream) and are
 //! delivered when the test says so; a broken link drops what was queued on it (like a
 //! closed connection). Anti-entropy and the tree walk run the same [`SyncRound`] and
-//! [`answer`] the real servers run. Persisting is a no-op here: every staged batch is
-//! committed at once, which is what the real commit loop does after its fsync. Every
-//! write goes through a [`Committer`], the server's write path.
+//! [`answer`] the real servers run. Every write goes through a [`Committer`], the
+//! server's write path, and each node has a simulated disk with the committer's fsync
+//! rules ([`Disk`]): what a batch writes is kept by a process crash, and what was not
+//! yet fsynced is lost (in part or in whole) by a machine crash ([`SimCluster::disk`]).
 
-use crate::commit::{Committer, Output as CommitOutput};
+use crate::commit::{Committer, Output as CommitOutput, SyncPolicy};
+use crate::entry::Entry;
 use crate::proto::PeerMsg;
-use crate::replica::{Op, Outcome, ReadOutcome, Replica};
+use crate::replica::{Meta, Op, Outcome, ReadOutcome, Replica};
 use crate::session::Session;
 use crate::sync::{answer, describe, Event, Step, SyncRound};
-use crate::version::{NodeId, Version};
+use crate::version::{Dot, NodeId, Version};
 use crate::Limits;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -31,7 +33,60 @@ pub struct SimCluster {
     trace: Option<Vec<String>>,
     /// Each node's write path.
     committers: BTreeMap<NodeId, Committer>,
+    /// The disks holding writes not yet fsynced (a node without one has fsynced
+    /// everything it wrote).
+    disks: BTreeMap<NodeId, Disk>,
+    /// A planted driver bug: batches the committer asks to fsync are not (the kernel
+    /// writes them back later), so writes are acknowledged before they are durable.
+    pub skip_fsync: bool,
 }
+
+/// A node's disk while some written batches are not fsynced.
+#[derive(Clone, Debug)]
+pub struct Disk {
+    /// What the disk holds for sure: the state at the last fsync.
+    pub synced: Stored,
+    /// The state after each batch written since, oldest first. A machine crash keeps
+    /// the synced state plus a prefix of these (the store is one log: a torn or
+    /// missing record ends it).
+    pub unsynced: Vec<Stored>,
+}
+
+/// What a store on disk holds of a replica (what the real server loads at a start).
+#[derive(Clone, Debug)]
+pub struct Stored {
+    meta: Meta,
+    store: BTreeMap<Vec<u8>, Entry>,
+    log: BTreeMap<Dot, Vec<u8>>,
+}
+
+impl Stored {
+    /// What `r` would leave on disk.
+    pub fn of(r: &Replica) -> Self {
+        Stored {
+            meta: r.meta(),
+            store: r.store.clone(),
+            log: r.log.clone(),
+        }
+    }
+
+    /// The replica a server like `like` loads from it.
+    pub fn open(&self, like: &Replica) -> Replica {
+        Replica::restore(
+            like.id(),
+            like.rid(),
+            like.limits.clone(),
+            self.meta.clone(),
+            self.store.clone(),
+            self.log.clone(),
+            self.meta.hlc,
+        )
+    }
+}
+
+/// Unsynced batches a simulated disk keeps apart; beyond that the kernel writes the
+/// oldest back on its own (as it does with dirty pages).
+const WRITEBACK_AFTER: usize = 64;
 
 fn msg_name(m: &PeerMsg) -> String {
     match m {
@@ -96,6 +151,8 @@ impl SimCluster {
             synced_items: 0,
             trace: None,
             committers: BTreeMap::new(),
+            disks: BTreeMap::new(),
+            skip_fsync: false,
         };
         for &a in ids {
             for &b in ids {
@@ -199,9 +256,31 @@ impl SimCluster {
         self.wall
     }
 
-    /// Let `micros` of simulated time pass.
+    /// Let `micros` of simulated time pass; every node whose deferred fsync falls due
+    /// does it.
     pub fn advance(&mut self, micros: u64) {
         self.wall += micros;
+        let due: Vec<NodeId> = self
+            .committers
+            .iter()
+            .filter(|(id, c)| c.poll_timeout().is_some_and(|t| t <= self.wall_of(**id)))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            self.drive(id);
+        }
+    }
+
+    /// Node `id`'s disk while it holds writes not yet fsynced (`None`: everything it
+    /// wrote is durable, so its disk is its state).
+    pub fn disk(&self, id: NodeId) -> Option<&Disk> {
+        self.disks.get(&id)
+    }
+
+    fn committer(&mut self, id: NodeId) -> &mut Committer {
+        self.committers
+            .entry(id)
+            .or_insert_with(|| Committer::with_policy(SyncPolicy::default()))
     }
 
     /// Crash node `id` and start it again as incarnation `rid`, from `disk` (what its
@@ -240,6 +319,8 @@ impl SimCluster {
         }
         self.queues.retain(|(a, b), _| *a != id && *b != id);
         self.committers.remove(&id);
+        // What it starts from is on its disk.
+        self.disks.remove(&id);
         self.nodes.insert(id, r);
         self.note(|| format!("node {id} restarted as incarnation {rid:x}"));
         for &o in &ids {
@@ -290,16 +371,23 @@ impl SimCluster {
     /// Commit `ops` at node `at` as one job through its [`Committer`] (the server's
     /// write path); returns their outcomes.
     fn run(&mut self, at: NodeId, ops: Vec<Op>) -> Vec<Outcome> {
-        self.committers.entry(at).or_default().submit(Some(0), ops);
+        self.committer(at).submit(Some(0), ops);
         self.drive(at)
     }
 
-    /// Carry out what node `at`'s write path asks for until it is idle. The simulated
-    /// disk is durable at once (a crash keeps every acknowledged write; the `vopr`
-    /// mutation `ack-before-fsync` breaks exactly that). Returns the last reply.
+    /// Like [`SimCluster::run`], for jobs that may be fsynced late: other servers'
+    /// writes (a sync round's entries), trims and expiry sweeps.
+    fn run_relaxed(&mut self, at: NodeId, ops: Vec<Op>) -> Vec<Outcome> {
+        self.committer(at).submit_relaxed(Some(0), ops);
+        self.drive(at)
+    }
+
+    /// Carry out what node `at`'s write path asks for until it is idle, keeping its
+    /// [`Disk`] as the committer's fsync rules make it. Returns the last reply.
     fn drive(&mut self, at: NodeId) -> Vec<Outcome> {
         self.wall += 2;
         let wall = self.wall_of(at);
+        self.committer(at);
         let (Some(r), Some(c)) = (self.nodes.get_mut(&at), self.committers.get_mut(&at)) else {
             return Vec::new();
         };
@@ -307,9 +395,26 @@ impl SimCluster {
         let mut pushes = Vec::new();
         while let Some(out) = c.poll(r, wall) {
             match out {
-                CommitOutput::Persist(batch) => {
+                CommitOutput::Sync => {
+                    self.disks.remove(&at);
+                    c.synced();
+                }
+                CommitOutput::Persist { batch, fsync } => {
                     let root = batch.root;
-                    c.persisted(r, batch);
+                    if fsync && !self.skip_fsync {
+                        c.persisted(r, batch);
+                        self.disks.remove(&at);
+                    } else {
+                        let disk = self.disks.entry(at).or_insert_with(|| Disk {
+                            synced: Stored::of(r),
+                            unsynced: Vec::new(),
+                        });
+                        c.persisted(r, batch);
+                        disk.unsynced.push(Stored::of(r));
+                        if disk.unsynced.len() > WRITEBACK_AFTER {
+                            disk.synced = disk.unsynced.remove(0);
+                        }
+                    }
                     // What the storage records for its damage check must be the
                     // committed state.
                     assert_eq!(
@@ -368,7 +473,7 @@ impl SimCluster {
         let keys = r.expired_keys(r.now(self.wall_of(id)), usize::MAX);
         if !keys.is_empty() {
             let ops = keys.iter().map(|k| Op::Expire { key: k.clone() }).collect();
-            self.run(id, ops);
+            self.run_relaxed(id, ops);
         }
         keys
     }
@@ -408,7 +513,7 @@ impl SimCluster {
 
     /// Trim logs and tombstones on one node.
     pub fn trim(&mut self, id: NodeId) {
-        self.run(id, vec![Op::Trim]);
+        self.run_relaxed(id, vec![Op::Trim]);
     }
 
     /// A client get through server `at`, updating the session like the client does.
@@ -447,7 +552,7 @@ impl SimCluster {
         if let Some(r) = self.nodes.get_mut(&to) {
             self.committers
                 .entry(to)
-                .or_default()
+                .or_insert_with(|| Committer::with_policy(SyncPolicy::default()))
                 .peer_message(r, from, msg);
             self.drive(to);
         }
@@ -489,7 +594,7 @@ impl SimCluster {
                 Ok(Step::Commit { ops, received }) => {
                     self.synced_items += received;
                     self.note(|| format!("sync {a}<-{b} commit {} ops", ops.len()));
-                    self.run(a, ops);
+                    self.run_relaxed(a, ops);
                     ev = Event::Committed;
                 }
                 Ok(Step::Push(msgs)) => {
@@ -508,7 +613,7 @@ impl SimCluster {
     pub fn trim_all(&mut self) {
         let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
         for id in ids {
-            self.run(id, vec![Op::Trim]);
+            self.run_relaxed(id, vec![Op::Trim]);
         }
     }
 

@@ -7,9 +7,17 @@
 //! * `partition` / `heal`: a link goes down (what was queued on it is lost) or up;
 //! * `loss`, `duplicate`, `reorder`: a queued push is dropped, queued twice, or a later
 //!   queue is delivered before an earlier one;
-//! * `crash`: a server restarts from its disk as a new incarnation (the disk holds every
-//!   write the server acknowledged: the real server fsyncs before it answers; the
-//!   `ack-before-fsync` mutation breaks exactly that);
+//! * `crash`: a server restarts from its disk as a new incarnation. The disk holds
+//!   every batch the server fsynced — every write it acknowledged, which it fsyncs
+//!   before answering (the `ack-before-fsync` mutation breaks exactly that) — plus a
+//!   prefix of the batches it wrote since: other servers' writes, which it fsyncs
+//!   late ([`crate::commit`]), and which a process crash may find still in the
+//!   store's buffer;
+//! * `power-cut`: the machine stops: the disk holds exactly what was fsynced;
+//! * `torn-write`: the machine stops while the store writes: the disk holds what was
+//!   fsynced and a prefix of the later batches, the next one torn (so discarded);
+//!   (`unsynced-batches-lost` counts the crashes of these three kinds that lost at
+//!   least one written batch);
 //! * `wipe`: it restarts on an empty disk (a replaced disk);
 //! * `rollback`: it restarts from an older copy of its disk (a restored backup);
 //! * `skew`: a server's clock jumps up to an hour ahead or behind.
@@ -54,8 +62,9 @@ pub enum Mutation {
     SkipDependencyCheck,
     /// Trimming ignores the members that have not acknowledged a record.
     TrimIgnoringMembers,
-    /// A server acknowledges a write before it is durable: its fsync runs later, and a
-    /// crash in between restarts it from the disk as last synced.
+    /// A server acknowledges a write before it is durable: its driver skips the fsyncs
+    /// the write path asks for (the batches reach the disk only with a later deferred
+    /// fsync or the kernel's writeback), and a crash in between loses them.
     AckBeforeFsync,
     /// The expiry sweep deletes an expired key with a write of its own (a new dot and
     /// timestamp) instead of turning the expired write into its tombstone.
@@ -126,6 +135,8 @@ struct Acked {
     /// When it expires (HLC µs), for a put with a TTL.
     expires: Option<u64>,
     origin_server: NodeId,
+    /// The incarnation of `origin_server` that acknowledged it.
+    origin_rid: NodeId,
     lost: bool,
 }
 
@@ -137,8 +148,6 @@ struct Run {
     acked: Vec<Acked>,
     dots: BTreeSet<Dot>,
     backups: BTreeMap<NodeId, Replica>,
-    /// With [`Mutation::AckBeforeFsync`]: each server's disk as of its last fsync.
-    synced: BTreeMap<NodeId, Replica>,
     report: Report,
     cfg: Config,
 }
@@ -201,6 +210,7 @@ impl Run {
             deleted: delete,
             expires: ttl.map(|t| version.ts + t),
             origin_server: at,
+            origin_rid: self.c.nodes[&at].rid(),
             lost: false,
         });
     }
@@ -262,10 +272,6 @@ impl Run {
             .filter(|(o, _)| **o != id)
             .map(|(_, r)| r)
             .collect();
-        let held = |r: &Replica, a: &Acked| {
-            r.seen().covers(a.version.dot)
-                || r.entry(&a.key).is_some_and(|e| e.covers(a.version.dot))
-        };
         for a in self.acked.iter_mut() {
             let on_disk = keep.is_some_and(|r| held(r, a));
             if a.lost {
@@ -292,35 +298,61 @@ impl Run {
                 }
             }
         };
-        let late_fsync = self.cfg.mutation == Some(Mutation::AckBeforeFsync);
+        let old_rid = self.c.nodes[&id].rid();
+        let mut kind = kind;
         let disk: Option<Replica> = match kind {
-            // The planted bug: the disk lags what was acknowledged.
-            "crash" if late_fsync => self.synced.get(&id).cloned(),
-            "crash" => self.c.nodes.get(&id).cloned(),
+            "crash" | "power-cut" | "torn-write" => match self.c.disk(id) {
+                None => self.c.nodes.get(&id).cloned(),
+                Some(d) => {
+                    let n = d.unsynced.len();
+                    let keep = match kind {
+                        "crash" => self.rng.gen_range(0..=n),
+                        "torn-write" if n >= 2 => self.rng.gen_range(1..n),
+                        _ => {
+                            kind = "power-cut";
+                            0
+                        }
+                    };
+                    if keep < n {
+                        *self
+                            .report
+                            .faults
+                            .entry("unsynced-batches-lost")
+                            .or_default() += 1;
+                    }
+                    let stored = match keep {
+                        0 => &d.synced,
+                        k => &d.unsynced[k - 1],
+                    };
+                    Some(stored.open(&self.c.nodes[&id]))
+                }
+            },
             "rollback" => self.backups.get(&id).cloned(),
             _ => None,
         };
-        // After a crash the disk must hold everything the server acknowledged: only a
-        // wiped or older disk may take writes with it.
-        let must_hold = match kind {
-            "crash" => self.c.nodes.get(&id).cloned(),
-            _ => disk.clone(),
-        };
-        self.lose_unreplicated(id, must_hold.as_ref());
+        if let (true, Some(d)) = (matches!(kind, "crash" | "power-cut" | "torn-write"), &disk) {
+            // Whatever the crash, every write this incarnation acknowledged is durable.
+            let missing: Vec<String> = self
+                .acked
+                .iter()
+                .filter(|a| !a.lost && a.origin_server == id && a.origin_rid == old_rid)
+                .filter(|a| !held(d, a))
+                .map(|a| format!("{} {}", String::from_utf8_lossy(&a.key), a.version.dot))
+                .collect();
+            if !missing.is_empty() {
+                self.violation(format!(
+                    "{kind} of server {id}: acknowledged write(s) not on its disk: {}",
+                    missing.join(", ")
+                ));
+            }
+        }
+        self.lose_unreplicated(id, disk.as_ref());
         self.fault(kind);
         self.note(|| format!("{kind} server {id} -> incarnation {rid}"));
         self.c.restart(id, disk.as_ref(), rid);
-        if late_fsync {
-            self.synced.insert(id, self.c.nodes[&id].clone());
-        }
     }
 
     fn step(&mut self) {
-        if self.cfg.mutation == Some(Mutation::AckBeforeFsync) && self.rng.gen_ratio(1, 4) {
-            // The late fsync of one server.
-            let id = self.server();
-            self.synced.insert(id, self.c.nodes[&id].clone());
-        }
         let roll = self.rng.gen_range(0..100);
         match roll {
             0..=29 => self.client_put(),
@@ -388,7 +420,15 @@ impl Run {
                 let id = self.server();
                 self.backups.insert(id, self.c.nodes[&id].clone());
             }
-            91..=93 => self.restart("crash"),
+            91..=92 => self.restart("crash"),
+            93 => {
+                let kind = if self.rng.gen() {
+                    "power-cut"
+                } else {
+                    "torn-write"
+                };
+                self.restart(kind)
+            }
             94 => self.restart("wipe"),
             95 => {
                 if !self.backups.is_empty() {
@@ -520,15 +560,22 @@ impl Run {
     }
 }
 
+/// Whether `r` holds acknowledged write `a` (or knows it was overwritten).
+fn held(r: &Replica, a: &Acked) -> bool {
+    r.seen().covers(a.version.dot) || r.entry(&a.key).is_some_and(|e| e.covers(a.version.dot))
+}
+
 /// Run one seeded schedule.
 pub fn run(cfg: &Config) -> Report {
     let mut rng = StdRng::seed_from_u64(cfg.seed);
     let n = rng.gen_range(3..=5u64);
     let ids: Vec<NodeId> = (0..n).collect();
     let clients = rng.gen_range(2..=4);
+    let mut c = SimCluster::new(&ids, Limits::default());
+    c.skip_fsync = cfg.mutation == Some(Mutation::AckBeforeFsync);
     let mut r = Run {
         rng,
-        c: SimCluster::new(&ids, Limits::default()),
+        c,
         ids,
         sessions: (0..clients)
             .map(|_| (Session::new(), BTreeMap::new()))
@@ -536,7 +583,6 @@ pub fn run(cfg: &Config) -> Report {
         acked: Vec::new(),
         dots: BTreeSet::new(),
         backups: BTreeMap::new(),
-        synced: BTreeMap::new(),
         report: Report::default(),
         cfg: cfg.clone(),
     };

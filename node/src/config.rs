@@ -10,6 +10,8 @@
 //! http_listen = "127.0.0.1:8000"        # the HTTP API (default 127.0.0.1:8000)
 //! max_clock_offset_ms = 500             # peer/client timestamps move the clock at most this far ahead
 //! catchup_timeout_ms = 3000             # after a start, serve at the latest this long without catching up
+//! replica_fsync_ms = 50                 # other servers' writes are fsynced within this (0: each batch at once)
+//! replica_fsync_batches = 64            # ... or once this many batches of them wait
 //!
 //! [certs]                               # made by `meshkv certs init --dir DIR`
 //! dir = "../../certs/out"               # ca.pem, server-<id>.pem, server-<id>.key
@@ -76,6 +78,14 @@ pub struct Config {
     /// serves anyway.
     #[serde(default = "default_catchup_timeout_ms")]
     pub catchup_timeout_ms: u64,
+    /// Other servers' writes (pushes, sync rounds) are fsynced at most this long (ms)
+    /// after they are written, or after 64 batches; 0 fsyncs every batch before it
+    /// is visible. This server's own acknowledged writes are always fsynced first.
+    #[serde(default = "default_replica_fsync_ms")]
+    pub replica_fsync_ms: u64,
+    /// Or as soon as this many batches of them are waiting (at least 1).
+    #[serde(default = "default_replica_fsync_batches")]
+    pub replica_fsync_batches: usize,
     /// Certificates.
     pub certs: Certs,
     /// The cluster's servers.
@@ -219,6 +229,14 @@ fn default_catchup_timeout_ms() -> u64 {
     3000
 }
 
+fn default_replica_fsync_batches() -> usize {
+    meshkv_core::commit::SyncPolicy::default().batches
+}
+
+fn default_replica_fsync_ms() -> u64 {
+    meshkv_core::commit::SyncPolicy::default().delay / 1000
+}
+
 fn default_http() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 8000))
 }
@@ -330,6 +348,10 @@ impl Config {
         o.min_free_bytes = self.limits.min_free_bytes;
         o.limits.max_clock_offset = self.max_clock_offset_ms.saturating_mul(1000);
         o.catchup_timeout = Duration::from_millis(self.catchup_timeout_ms);
+        o.replica_sync = meshkv_core::commit::SyncPolicy::after_millis(
+            self.replica_fsync_ms,
+            self.replica_fsync_batches,
+        );
         o.linearizable_timeout = Duration::from_millis(self.http.linearizable_timeout_ms.max(1));
         o
     }

@@ -5,6 +5,7 @@
 use clap::{Parser, Subcommand};
 use meshkv_node::cli::{self, ClientArgs};
 use meshkv_node::client::Client;
+use meshkv_node::meshkv_core::commit::SyncPolicy;
 use meshkv_node::net::NetTuning;
 use meshkv_node::pki::{self, Identity, TlsMaterial};
 use meshkv_node::server::{Server, ServerOpts};
@@ -43,6 +44,11 @@ enum Cmd {
         /// HTTP listen address (plain HTTP, no token: keep it on loopback).
         #[arg(long, default_value = "127.0.0.1:0")]
         http: SocketAddr,
+        /// Other servers' writes are fsynced within this many ms (0: every batch
+        /// before it is visible); the environment variable reaches servers the master
+        /// starts.
+        #[arg(long, env = "MESHKV_REPLICA_FSYNC_MS", default_value_t = 50)]
+        replica_fsync_ms: u64,
     },
     /// Run a standalone server from a TOML config file (stops on SIGINT/SIGTERM).
     Serve {
@@ -242,9 +248,12 @@ async fn run(cli: Cli) -> Result<u8, String> {
             certs,
             listen,
             http,
+            replica_fsync_ms,
         } => {
             let tls = material(&certs, Identity::server(id))?;
-            let opts = ServerOpts::new(id, data, listen, tls);
+            let mut opts = ServerOpts::new(id, data, listen, tls);
+            opts.replica_sync =
+                SyncPolicy::after_millis(replica_fsync_ms, SyncPolicy::default().batches);
             let server = Server::start(opts).await.map_err(|e| e.to_string())?;
             let web = match meshkv_node::http::start(
                 server.clone(),

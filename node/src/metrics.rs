@@ -19,6 +19,7 @@
 //! | `meshkv_keys` / `meshkv_tombstones` / `meshkv_log_records` | gauge | | store size |
 //! | `meshkv_client_puts_total` / `meshkv_client_gets_total` | counter | | client requests (QUIC and HTTP) |
 //! | `meshkv_storage_fsyncs_total` / `meshkv_storage_batches_total` / `meshkv_storage_bytes_written_total` | counter | | durability work |
+//! | `meshkv_storage_deferred_batches_total` | counter | | batches written without an fsync of their own (other servers' writes, trims, expiries: fsynced late) |
 //! | `meshkv_storage_last_sync_seconds` | gauge | | duration of the last flush + fsync |
 //! | `meshkv_ready` / `meshkv_disk_full` | gauge | | 1 once caught up after a start / 1 while writes are refused for lack of disk space |
 //! | `meshkv_clock_ahead_refused_total` | counter | | peer or client timestamps beyond the clock-offset bound (they did not move the clock) |
@@ -28,6 +29,7 @@
 //! | `meshkv_replication_lag_writes` | gauge | `peer` | writes we hold that the peer has not reported holding |
 //! | `meshkv_peer_bytes_sent_total` / `meshkv_peer_bytes_received_total` | counter | `peer` | bytes between servers, all streams |
 //! | `meshkv_peer_pushes_sent_total` / `meshkv_peer_pushes_received_total` | counter | `peer` | eager pushes |
+//! | `meshkv_peer_pushes_dropped_total` | counter | `peer` | pushes not queued: the peer's queue held 64 MiB (anti-entropy delivers them) |
 //! | `meshkv_catchup_keys_received_total` / `meshkv_catchup_bytes_received_total` | counter | `peer` | anti-entropy transfers in |
 //! | `meshkv_catchup_keys_sent_total` / `meshkv_catchup_bytes_sent_total` | counter | `peer` | anti-entropy transfers out |
 //! | `meshkv_sync_rounds_total` / `meshkv_tree_walks_total` / `meshkv_peer_connects_total` | counter | `peer` | anti-entropy rounds, digest-tree walks, connections |
@@ -387,6 +389,12 @@ impl Collector for StatusCollector {
         )?;
         counter(
             e,
+            "meshkv_storage_deferred_batches",
+            "Batches written without an fsync of their own (fsynced late)",
+            st.storage.deferred_batches,
+        )?;
+        counter(
+            e,
             "meshkv_storage_bytes_written",
             "Key and value bytes handed to the store",
             st.storage.bytes_written,
@@ -469,6 +477,14 @@ impl Collector for StatusCollector {
             "Eager pushes sent",
             C,
             |p| f(p.pushes_sent),
+        )?;
+        per_peer(
+            e,
+            &st,
+            "meshkv_peer_pushes_dropped",
+            "Pushes dropped because the peer's queue was full (anti-entropy delivers them)",
+            C,
+            |p| f(p.pushes_dropped),
         )?;
         per_peer(
             e,

@@ -21,7 +21,9 @@ use crate::net::{self, NetTuning};
 use crate::pki::{self, Identity, Role, TlsMaterial};
 use crate::storage::{Storage, StorageError, StorageStats};
 use bytes::Bytes;
-use meshkv_core::commit::{Committer, Output as CommitOutput, Ticket, MAX_JOBS_PER_BATCH};
+use meshkv_core::commit::{
+    Committer, Output as CommitOutput, SyncPolicy, Ticket, MAX_JOBS_PER_BATCH,
+};
 use meshkv_core::proto::{self, ClientReq, ClientResp, PeerMsg, PeerReq, PeerResp};
 use meshkv_core::sync::{Event as SyncEvent, Step as SyncStep, SyncError, SyncRound};
 use meshkv_core::{Limits, NodeId, Op, Outcome, ReadOutcome, Replica, Version, VersionVector};
@@ -74,6 +76,8 @@ pub struct ServerOpts {
     /// How long a linearizable request may take before it is answered with
     /// `ERR_UNAVAILABLE` (it may still take effect later).
     pub linearizable_timeout: Duration,
+    /// When other servers' writes are fsynced ([`meshkv_core::commit`]).
+    pub replica_sync: SyncPolicy,
 }
 
 impl ServerOpts {
@@ -95,6 +99,7 @@ impl ServerOpts {
             peers: Vec::new(),
             min_free_bytes: 64 << 20,
             linearizable_timeout: Duration::from_secs(2),
+            replica_sync: SyncPolicy::default(),
         }
     }
 }
@@ -143,11 +148,15 @@ enum RoundError {
 
 /// What the commit thread is handed.
 enum CommitJob {
-    /// Ops to commit together; the reply gets their outcomes once they are durable.
+    /// Ops to commit together; the reply gets their outcomes once they are committed
+    /// (durable, unless `relaxed`: other servers' writes, fsynced late).
     Ops {
         ops: Vec<Op>,
         reply: Option<oneshot::Sender<Result<Vec<Outcome>, ServerError>>>,
+        relaxed: bool,
     },
+    /// Nothing: wakes the commit thread (a deferred fsync is due, or it should stop).
+    Wake,
     /// A message from a peer's push stream (kept in order with that peer's pushes).
     Peer { from: NodeId, msg: PeerMsg },
     /// A request for this server's acceptor: answered once its new state is durable.
@@ -161,6 +170,7 @@ enum CommitJob {
 #[derive(Default)]
 struct PeerStats {
     pushes_sent: AtomicU64,
+    pushes_dropped: AtomicU64,
     pushes_received: AtomicU64,
     bytes_sent: AtomicU64,
     bytes_received: AtomicU64,
@@ -174,12 +184,73 @@ struct PeerStats {
     connects: AtomicU64,
 }
 
+/// Bytes of pushes and gifts queued for one peer's push stream at most: beyond it new
+/// ones are dropped (counted in `pushes_dropped`), and anti-entropy brings them to the
+/// peer later, so a slow or stuck peer costs bounded memory.
+pub const PUSH_QUEUE_BYTES: u64 = 64 << 20;
+
+/// The sending end of one connection's push stream, with the bytes it holds.
+struct PushTx {
+    tx: mpsc::UnboundedSender<Bytes>,
+    queued: Arc<AtomicU64>,
+}
+
+impl PushTx {
+    fn new() -> (PushTx, PushRx) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let queued = Arc::new(AtomicU64::new(0));
+        (
+            PushTx {
+                tx,
+                queued: queued.clone(),
+            },
+            PushRx { rx, queued },
+        )
+    }
+
+    /// Queue a frame. A push or gift (`droppable`) that would take the queue past
+    /// [`PUSH_QUEUE_BYTES`] is dropped instead; control messages (`Hello`, `Links`)
+    /// never are. False when not queued.
+    fn send(&self, frame: Bytes, droppable: bool) -> bool {
+        let n = frame.len() as u64;
+        if droppable && self.queued.load(Relaxed).saturating_add(n) > PUSH_QUEUE_BYTES {
+            return false;
+        }
+        self.queued.fetch_add(n, Relaxed);
+        if self.tx.send(frame).is_err() {
+            self.queued.fetch_sub(n, Relaxed);
+            return false;
+        }
+        true
+    }
+}
+
+/// The receiving end, for the `push-writer` task.
+struct PushRx {
+    rx: mpsc::UnboundedReceiver<Bytes>,
+    queued: Arc<AtomicU64>,
+}
+
+impl PushRx {
+    async fn recv(&mut self) -> Option<Bytes> {
+        let f = self.rx.recv().await?;
+        self.queued.fetch_sub(f.len() as u64, Relaxed);
+        Some(f)
+    }
+
+    fn try_recv(&mut self) -> Option<Bytes> {
+        let f = self.rx.try_recv().ok()?;
+        self.queued.fetch_sub(f.len() as u64, Relaxed);
+        Some(f)
+    }
+}
+
 #[derive(Default)]
 struct PeerSlot {
     addr: Option<SocketAddr>,
     blocked: bool,
     conn: Option<(u64, quinn::Connection)>,
-    tx: Option<mpsc::UnboundedSender<Bytes>>,
+    tx: Option<PushTx>,
     dialer: bool,
     stats: Arc<PeerStats>,
     changed: Arc<Notify>,
@@ -218,6 +289,8 @@ struct Shared {
     next_gen: AtomicU64,
     storage_stats: Mutex<StorageStats>,
     commits: tokio::sync::watch::Sender<u64>,
+    /// When the commit thread's deferred fsync is due (wall µs), for `fsync-timer`.
+    sync_due: tokio::sync::watch::Sender<Option<u64>>,
     started: Instant,
     client_puts: AtomicU64,
     client_gets: AtomicU64,
@@ -287,6 +360,7 @@ impl Server {
         let endpoint = net::server_endpoint(opts.listen, &opts.tls, &opts.tuning)?;
         let (commit_tx, commit_rx) = mpsc::channel(16_384);
         let (commits, _) = tokio::sync::watch::channel(0u64);
+        let (sync_due, _) = tokio::sync::watch::channel(None);
         let sh = Arc::new(Shared {
             id: opts.id,
             rid,
@@ -308,6 +382,7 @@ impl Server {
             peers: Mutex::new(HashMap::new()),
             next_gen: AtomicU64::new(1),
             commits,
+            sync_due,
             started: Instant::now(),
             client_puts: AtomicU64::new(0),
             client_gets: AtomicU64::new(0),
@@ -333,6 +408,8 @@ impl Server {
         sh.workers
             .spawn("accept", "server", sh.clone().accept_loop());
         sh.workers.spawn("trim", "server", sh.clone().trim_loop());
+        sh.workers
+            .spawn("fsync-timer", "commit thread", sh.clone().fsync_timer());
         sh.workers
             .spawn("expiry", "server", sh.clone().expiry_loop());
         for (id, addr) in &opts.peers {
@@ -752,14 +829,8 @@ impl Server {
         sh.stopping.store(true, Relaxed);
         sh.feed.close();
         // Wake the commit thread (it exits on seeing `stopping`).
-        let _ = tokio::time::timeout(
-            Duration::from_secs(5),
-            sh.commit_tx.send(CommitJob::Ops {
-                ops: Vec::new(),
-                reply: None,
-            }),
-        )
-        .await;
+        let _ =
+            tokio::time::timeout(Duration::from_secs(5), sh.commit_tx.send(CommitJob::Wake)).await;
         let thread = lock(&sh.commit_thread).take();
         let joined = match thread {
             Some(t) => tokio::time::timeout(
@@ -903,6 +974,9 @@ pub struct PeerStatus {
     pub lag: Option<u64>,
     /// Pushes sent to it.
     pub pushes_sent: u64,
+    /// Pushes not queued because its queue was full ([`PUSH_QUEUE_BYTES`]); anti-entropy
+    /// delivers them.
+    pub pushes_dropped: u64,
     /// Pushes received from it.
     pub pushes_received: u64,
     /// Bytes sent to it on all streams.
@@ -938,7 +1012,15 @@ fn commit_loop(sh: Arc<Shared>, mut storage: Storage, mut rx: mpsc::Receiver<Com
     type Reply = oneshot::Sender<Result<Vec<Outcome>, ServerError>>;
     let mut n = 0u64;
     let mut ahead_logged = 0u64;
-    let mut committer = Committer::new();
+    let mut committer = Committer::with_policy(sh.opts.replica_sync);
+    // Test-only (`MESHKV_TEST_MUTATION=ack-before-fsync`): every write is relaxed, so
+    // clients are answered before their writes are durable (a deliberately broken
+    // server, to show the power-cut test catches it).
+    let ack_before_fsync =
+        std::env::var("MESHKV_TEST_MUTATION").is_ok_and(|m| m == "ack-before-fsync");
+    if ack_before_fsync {
+        tracing::warn!("MESHKV_TEST_MUTATION=ack-before-fsync: writes are acknowledged before they are durable (a deliberately broken server for tests)");
+    }
     let mut waiting: HashMap<Ticket, Reply> = HashMap::new();
     let mut next_ticket: Ticket = 0;
     while let Some(first) = rx.blocking_recv() {
@@ -957,6 +1039,7 @@ fn commit_loop(sh: Arc<Shared>, mut storage: Storage, mut rx: mpsc::Receiver<Com
         // reads go on. Checked before every batch, so the server recovers by itself.
         let full = sh.disk_full();
         let mut acceptor_jobs = Vec::new();
+        let mut woken = false;
         for job in jobs {
             match (job, &full) {
                 (CommitJob::Ops { reply, .. }, Some(why)) => {
@@ -964,14 +1047,26 @@ fn commit_loop(sh: Arc<Shared>, mut storage: Storage, mut rx: mpsc::Receiver<Com
                         let _ = r.send(Err(ServerError::DiskFull(why.clone())));
                     }
                 }
-                (CommitJob::Ops { ops, reply }, None) => {
+                (
+                    CommitJob::Ops {
+                        ops,
+                        reply,
+                        relaxed,
+                    },
+                    None,
+                ) => {
                     let ticket = reply.map(|r| {
                         next_ticket += 1;
                         waiting.insert(next_ticket, r);
                         next_ticket
                     });
-                    committer.submit(ticket, ops);
+                    if relaxed || ack_before_fsync {
+                        committer.submit_relaxed(ticket, ops);
+                    } else {
+                        committer.submit(ticket, ops);
+                    }
                 }
+                (CommitJob::Wake, _) => woken = true,
                 (
                     CommitJob::Peer {
                         msg: PeerMsg::Push { .. },
@@ -1002,7 +1097,16 @@ fn commit_loop(sh: Arc<Shared>, mut storage: Storage, mut rx: mpsc::Receiver<Com
             let out = committer.poll(&mut lock(&sh.replica), crate::clock::wall_micros());
             match out {
                 None => break,
-                Some(CommitOutput::Persist(mut batch)) => {
+                Some(CommitOutput::Sync) => {
+                    if let Err(e) = storage.sync() {
+                        tracing::error!("cannot make written batches durable, stopping: {e}");
+                        eprintln!("meshkv server {}: fatal storage error: {e}", sh.id);
+                        std::process::exit(70);
+                    }
+                    *lock(&sh.storage_stats) = storage.stats();
+                    committer.synced();
+                }
+                Some(CommitOutput::Persist { mut batch, fsync }) => {
                     let skew = lock(&sh.replica).clock_skew();
                     // One line per burst of far-ahead timestamps (powers of two).
                     if skew.ahead > ahead_logged && skew.ahead >= ahead_logged.saturating_mul(2) {
@@ -1016,7 +1120,7 @@ fn commit_loop(sh: Arc<Shared>, mut storage: Storage, mut rx: mpsc::Receiver<Com
                         ahead_logged = skew.ahead;
                     }
                     // Persist is a no-op for a batch that changes nothing.
-                    if let Err(e) = storage.persist(&batch) {
+                    if let Err(e) = storage.persist(&batch, fsync) {
                         tracing::error!("cannot make a batch durable, stopping: {e}");
                         eprintln!("meshkv server {}: fatal storage error: {e}", sh.id);
                         std::process::exit(70);
@@ -1044,6 +1148,14 @@ fn commit_loop(sh: Arc<Shared>, mut storage: Storage, mut rx: mpsc::Receiver<Com
             }
         }
         sh.commits.send_replace(n);
+        let due = committer.poll_timeout();
+        // The timer hears of every change, and of every wake-up it caused.
+        sh.sync_due
+            .send_if_modified(|d| std::mem::replace(d, due) != due || woken);
+    }
+    // Stopping: what was written becomes durable before the store closes.
+    if let Err(e) = storage.sync() {
+        tracing::warn!("server {}: final fsync failed: {e}", sh.id);
     }
 }
 
@@ -1089,15 +1201,57 @@ impl Shared {
     }
 
     async fn commit(&self, ops: Vec<Op>) -> Result<Vec<Outcome>, ServerError> {
+        self.commit_as(ops, false).await
+    }
+
+    /// Commit ops that need not be durable when they are done — other servers'
+    /// writes (a sync round's), trims, expiries — fsynced late ([`meshkv_core::commit`]).
+    async fn commit_relaxed(&self, ops: Vec<Op>) -> Result<Vec<Outcome>, ServerError> {
+        self.commit_as(ops, true).await
+    }
+
+    async fn commit_as(&self, ops: Vec<Op>, relaxed: bool) -> Result<Vec<Outcome>, ServerError> {
         let (tx, rx) = oneshot::channel();
         self.commit_tx
             .send(CommitJob::Ops {
                 ops,
                 reply: Some(tx),
+                relaxed,
             })
             .await
             .map_err(|_| ServerError::Stopped)?;
         rx.await.map_err(|_| ServerError::Stopped)?
+    }
+
+    /// The `fsync-timer` task: wakes the commit thread when its deferred fsync of
+    /// other servers' writes is due (the commit thread only wakes for jobs).
+    async fn fsync_timer(self: Arc<Self>) {
+        let mut due = self.sync_due.subscribe();
+        loop {
+            let at = *due.borrow_and_update();
+            match at {
+                None => {
+                    if due.changed().await.is_err() {
+                        return;
+                    }
+                }
+                Some(at) => {
+                    let wait = at.saturating_sub(crate::clock::wall_micros());
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_micros(wait)) => {
+                            if self.commit_tx.send(CommitJob::Wake).await.is_err() {
+                                return;
+                            }
+                            // Wait for the commit thread to take it up.
+                            if due.changed().await.is_err() {
+                                return;
+                            }
+                        }
+                        changed = due.changed() => if changed.is_err() { return },
+                    }
+                }
+            }
+        }
     }
 
     /// Carry out membership records (from member keys): link to added servers, cut
@@ -1189,8 +1343,10 @@ impl Shared {
         let peers = lock(&self.peers);
         for p in targets.iter().filter_map(|t| peers.get(t)) {
             if let Some(tx) = &p.tx {
-                if tx.send(frame.clone()).is_ok() {
+                if tx.send(frame.clone(), true) {
                     p.stats.pushes_sent.fetch_add(1, Relaxed);
+                } else {
+                    p.stats.pushes_dropped.fetch_add(1, Relaxed);
                 }
             }
         }
@@ -1202,7 +1358,7 @@ impl Shared {
         peers
             .get(&id)
             .and_then(|p| p.tx.as_ref())
-            .is_some_and(|tx| tx.send(frame).is_ok())
+            .is_some_and(|tx| tx.send(frame, true))
     }
 
     fn broadcast_links(&self) {
@@ -1210,7 +1366,7 @@ impl Shared {
         let frame = Bytes::from(proto::encode(&PeerMsg::Links(links)));
         for p in lock(&self.peers).values() {
             if let Some(tx) = &p.tx {
-                let _ = tx.send(frame.clone());
+                tx.send(frame.clone(), false);
             }
         }
     }
@@ -1436,7 +1592,7 @@ impl Shared {
 
     fn install(self: &Arc<Self>, id: NodeId, conn: quinn::Connection) {
         let gen = self.next_gen.fetch_add(1, Relaxed);
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = PushTx::new();
         let (old, stats) = {
             let mut peers = lock(&self.peers);
             if lock(&self.removed).contains(&id) {
@@ -1469,7 +1625,7 @@ impl Shared {
         tracing::info!("server {}: link to server {id} up", self.id);
         let hello = Bytes::from(proto::encode(&PeerMsg::Hello { rid: self.rid }));
         if let Some(tx) = lock(&self.peers).get(&id).and_then(|p| p.tx.as_ref()) {
-            let _ = tx.send(hello);
+            tx.send(hello, false);
         }
         let owner = format!("peer {id}");
         let w = &self.workers;
@@ -1664,7 +1820,7 @@ impl Shared {
                 SyncStep::Ask(req) => SyncEvent::Answer(self.ask(conn, req, st).await?),
                 SyncStep::Commit { ops, received } => {
                     st.catchup_keys_received.fetch_add(received as u64, Relaxed);
-                    self.commit(ops).await?;
+                    self.commit_relaxed(ops).await?;
                     SyncEvent::Committed
                 }
                 SyncStep::Push(msgs) => {
@@ -1689,7 +1845,8 @@ impl Shared {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            match self.commit(vec![Op::Trim]).await {
+            // Relaxed: a trim lost in a machine crash is simply done again.
+            match self.commit_relaxed(vec![Op::Trim]).await {
                 Ok(_) | Err(ServerError::DiskFull(_)) => {}
                 Err(_) => return,
             }
@@ -1713,7 +1870,8 @@ impl Shared {
             });
             if !due.is_empty() {
                 let ops = due.into_iter().map(|key| Op::Expire { key }).collect();
-                let done = self.commit(ops).await;
+                // Relaxed: an expiry lost in a machine crash is swept again.
+                let done = self.commit_relaxed(ops).await;
                 // Our own commit is no news: wait for the next one.
                 commits.borrow_and_update();
                 match done {
@@ -1805,6 +1963,7 @@ impl Shared {
                     seen: their_seen.as_ref().map(vv_map),
                     lag,
                     pushes_sent: st.pushes_sent.load(Relaxed),
+                    pushes_dropped: st.pushes_dropped.load(Relaxed),
                     pushes_received: st.pushes_received.load(Relaxed),
                     bytes_sent: st.bytes_sent.load(Relaxed),
                     bytes_received: st.bytes_received.load(Relaxed),
@@ -1850,11 +2009,7 @@ impl Shared {
     }
 }
 
-async fn push_writer(
-    conn: quinn::Connection,
-    mut rx: mpsc::UnboundedReceiver<Bytes>,
-    st: Arc<PeerStats>,
-) {
+async fn push_writer(conn: quinn::Connection, mut rx: PushRx, st: Arc<PeerStats>) {
     let mut send = match conn.open_uni().await {
         Ok(s) => s,
         Err(_) => return,
@@ -1866,8 +2021,8 @@ async fn push_writer(
         // Coalesce whatever else is queued into one write.
         while buf.len() < (256 << 10) {
             match rx.try_recv() {
-                Ok(f) => buf.extend_from_slice(&f),
-                Err(_) => break,
+                Some(f) => buf.extend_from_slice(&f),
+                None => break,
             }
         }
         if frame::write_raw(&mut send, &buf).await.is_err() {
@@ -1912,4 +2067,37 @@ impl Server {
 /// A duration in whole µs (saturating).
 fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_full_push_queue_drops_pushes_but_never_control_messages() {
+        let (tx, mut rx) = PushTx::new();
+        let quarter = Bytes::from(vec![0u8; (PUSH_QUEUE_BYTES / 4) as usize]);
+        for _ in 0..4 {
+            assert!(tx.send(quarter.clone(), true));
+        }
+        assert!(
+            !tx.send(Bytes::from_static(b"x"), true),
+            "a push past the bound is dropped"
+        );
+        assert!(
+            tx.send(Bytes::from_static(b"hello"), false),
+            "a control message is queued however full the queue is"
+        );
+        let first = rx.recv().await.expect("a queued frame");
+        assert_eq!(first.len(), quarter.len());
+        assert!(
+            tx.send(Bytes::from_static(b"x"), true),
+            "what the writer took frees room"
+        );
+        assert_eq!(
+            rx.queued.load(Relaxed),
+            3 * quarter.len() as u64 + 6,
+            "the queue counts exactly the bytes it holds"
+        );
+    }
 }

@@ -204,7 +204,7 @@ pub fn restore(bytes: &[u8], dir: &Path, id: NodeId) -> Result<Restored, Snapsho
             break;
         }
         let staged = replica.stage(ops, crate::clock::wall_micros());
-        storage.persist(&staged)?;
+        storage.persist(&staged, true)?;
         replica.commit(staged);
     }
     let staged = replica.stage(
@@ -213,7 +213,7 @@ pub fn restore(bytes: &[u8], dir: &Path, id: NodeId) -> Result<Restored, Snapsho
         }],
         crate::clock::wall_micros(),
     );
-    storage.persist(&staged)?;
+    storage.persist(&staged, true)?;
     replica.commit(staged);
     drop(storage);
     Ok(Restored { header, entries: n })

@@ -159,6 +159,9 @@ pub struct StorageStats {
     pub bytes_written: u64,
     /// How long the last flush + sync took, in µs.
     pub last_sync_micros: u64,
+    /// Batches written without an fsync of their own (other servers' writes, fsynced
+    /// late: see [`meshkv_core::commit`]).
+    pub deferred_batches: u64,
 }
 
 /// Why the store could not be opened or written.
@@ -312,6 +315,12 @@ pub struct Storage {
     root: u64,
     /// `meshkv.seq`, rewritten after every durable batch.
     seq_file: File,
+    /// Batches were written since the last fsync.
+    unsynced: bool,
+    /// Tests only (`MESHKV_TEST_PLATTER`): after every fsync the store's files are
+    /// copied here, so that a test can restart the server from exactly what was
+    /// durable — a machine crash's disk.
+    platter: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for Storage {
@@ -558,8 +567,11 @@ impl Storage {
             seq,
             root,
             seq_file,
+            unsynced: false,
+            platter: std::env::var_os("MESHKV_TEST_PLATTER").map(PathBuf::from),
         };
         storage.write_seq_file();
+        storage.copy_to_platter();
         Ok((storage, replica))
     }
 
@@ -584,24 +596,45 @@ impl Storage {
         self
     }
 
-    /// Write one staged batch atomically and make it durable; returns only once it is.
-    /// A batch with nothing to write and unchanged metadata does nothing. After an
-    /// error the store refuses further writes (see the module docs).
-    pub fn persist(&mut self, st: &Staged) -> Result<(), StorageError> {
+    /// Write one staged batch atomically; with `fsync`, make it (and everything
+    /// written before it) durable, returning only once it is. Without, it is only
+    /// handed to sled, which may keep it in its own buffer until the next
+    /// [`Storage::sync`]: a crash of the process or the machine before then loses a
+    /// suffix of such batches, never part of one (sled's log ends at the first
+    /// incomplete record). A batch with nothing to write and unchanged metadata does
+    /// nothing. After an error the store refuses further writes (see the module docs).
+    pub fn persist(&mut self, st: &Staged, fsync: bool) -> Result<(), StorageError> {
         if let Some(why) = &self.failed {
             return Err(StorageError::Failed(why.clone()));
         }
         if st.is_empty() && st.meta == self.meta {
-            return Ok(());
+            return if fsync { self.sync() } else { Ok(()) };
         }
-        let result = self.write(st);
+        let result = self.write(st, fsync);
         if let Err(e) = &result {
             self.failed = Some(e.to_string());
         }
         result
     }
 
-    fn write(&mut self, st: &Staged) -> Result<(), StorageError> {
+    /// Make every batch written so far durable (the deferred fsync); nothing to do
+    /// when every batch was fsynced.
+    pub fn sync(&mut self) -> Result<(), StorageError> {
+        if let Some(why) = &self.failed {
+            return Err(StorageError::Failed(why.clone()));
+        }
+        if !self.unsynced {
+            return Ok(());
+        }
+        let result = self.flush_and_sync();
+        match &result {
+            Ok(()) => self.write_seq_file(),
+            Err(e) => self.failed = Some(e.to_string()),
+        }
+        result
+    }
+
+    fn write(&mut self, st: &Staged, fsync: bool) -> Result<(), StorageError> {
         // Same order as `Replica::commit`, so disk and memory agree: writes, then
         // removes; log removes, then new log records. (A sled batch keeps the last
         // operation per key.)
@@ -634,21 +667,42 @@ impl Storage {
         let seq = self.seq + 1;
         batch.insert(KEY_SEQ, &seq.to_be_bytes()[..]);
 
-        self.apply_durably(batch, bytes)?;
+        if fsync {
+            self.apply_durably(batch, bytes)?;
+        } else {
+            self.apply(batch, bytes)?;
+            self.stats.deferred_batches += 1;
+            self.unsynced = true;
+        }
         self.meta = st.meta.clone();
         self.seq = seq;
         self.root = st.root;
-        self.write_seq_file();
+        if fsync {
+            // Only after an fsync: the marker may lag the store, never lead it.
+            self.write_seq_file();
+        }
         Ok(())
     }
 
-    /// Apply `batch` atomically and fsync it.
-    fn apply_durably(&mut self, batch: sled::Batch, bytes: u64) -> Result<(), StorageError> {
+    /// Apply `batch` atomically, without waiting for it to reach the disk.
+    fn apply(&mut self, batch: sled::Batch, bytes: u64) -> Result<(), StorageError> {
         self.db
             .apply_batch(batch)
             .map_err(|e| StorageError::db("applying a batch", e))?;
         self.stats.batches += 1;
         self.stats.bytes_written += bytes;
+        Ok(())
+    }
+
+    /// Apply `batch` atomically and fsync it.
+    fn apply_durably(&mut self, batch: sled::Batch, bytes: u64) -> Result<(), StorageError> {
+        self.apply(batch, bytes)?;
+        self.flush_and_sync()
+    }
+
+    /// Flush sled's buffers and fsync its files.
+    fn flush_and_sync(&mut self) -> Result<(), StorageError> {
+        self.unsynced = false;
         let started = Instant::now();
         self.db
             .flush()
@@ -658,7 +712,31 @@ impl Storage {
         })?;
         self.stats.fsyncs += 1;
         self.stats.last_sync_micros = started.elapsed().as_micros() as u64;
+        self.copy_to_platter();
         Ok(())
+    }
+
+    /// With `MESHKV_TEST_PLATTER` (tests): copy the store's files as they are right
+    /// after an fsync (the commit thread is the only writer, and it is here) to the
+    /// platter directory, replacing the last copy.
+    fn copy_to_platter(&self) {
+        let Some(p) = &self.platter else {
+            return;
+        };
+        let tmp = p.with_extension("tmp");
+        let copied = (|| -> std::io::Result<()> {
+            if tmp.exists() {
+                std::fs::remove_dir_all(&tmp)?;
+            }
+            copy_tree(&self.dir, &tmp)?;
+            if p.exists() {
+                std::fs::remove_dir_all(p)?;
+            }
+            std::fs::rename(&tmp, p)
+        })();
+        if let Err(e) = copied {
+            tracing::warn!("cannot copy the store to {}: {e}", p.display());
+        }
     }
 
     /// The acceptor state of `key`'s register (default: nothing promised).
@@ -715,6 +793,21 @@ impl Storage {
     pub fn dir(&self) -> &Path {
         &self.dir
     }
+}
+
+/// Copy directory `from` (files and subdirectories) to a new directory `to`.
+fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir(to)?;
+    for e in std::fs::read_dir(from)? {
+        let e = e?;
+        let dest = to.join(e.file_name());
+        if e.file_type()?.is_dir() {
+            copy_tree(&e.path(), &dest)?;
+        } else {
+            std::fs::copy(e.path(), dest)?;
+        }
+    }
+    Ok(())
 }
 
 /// Classify the path before sled may create or touch anything in it; an existing
@@ -1362,10 +1455,10 @@ mod tests {
             ttl: None,
         };
         let st = r.stage(vec![put("a")], 10);
-        let e = s.persist(&st).unwrap_err();
+        let e = s.persist(&st, true).unwrap_err();
         assert!(e.to_string().contains("disk on fire"), "{e}");
         let st = r.stage(vec![put("b")], 10);
-        let e = s.persist(&st).unwrap_err();
+        let e = s.persist(&st, true).unwrap_err();
         assert!(matches!(e, StorageError::Failed(_)), "{e}");
     }
 }

@@ -28,10 +28,6 @@ fn wall_micros() -> u64 {
         .map_or(0, |d| d.as_micros() as u64)
 }
 
-fn session() -> Vec<(&'static str, String)> {
-    vec![("x-meshkv-consistency", "session".into())]
-}
-
 /// Read `expire` events from `w` until one for each key of `want` arrived; returns
 /// the wall clock at each arrival. An expiry of any other key fails.
 async fn expiries(w: &mut Watch, want: &[&str]) -> Result<Vec<(String, u64)>> {

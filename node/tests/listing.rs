@@ -18,10 +18,6 @@ use support::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_meshkv");
 
-fn session() -> Vec<(&'static str, String)> {
-    vec![("x-meshkv-consistency", "session".into())]
-}
-
 async fn call(c: &HttpClient, ep: &Endpoint, method: Method, path: &str) -> Result<(u16, String)> {
     let r = c.call(ep, method, path, &[], Bytes::new()).await?;
     Ok((r.status, String::from_utf8_lossy(&r.body).into_owned()))

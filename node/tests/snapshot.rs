@@ -17,21 +17,6 @@ use support::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_meshkv");
 
-fn session() -> Vec<(&'static str, String)> {
-    vec![("x-meshkv-consistency", "session".into())]
-}
-
-async fn status(
-    c: &meshkv_node::cli::HttpClient,
-    cl: &Cluster,
-    i: usize,
-) -> Result<serde_json::Value> {
-    let r = c
-        .call(&cl.ep(i)?, Method::GET, "/status", &[], Bytes::new())
-        .await?;
-    Ok(serde_json::from_slice(&r.body)?)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_server_restored_from_a_snapshot_rejoins_and_converges() -> Result<()> {
     let (mut cl, c) = meshed(&[NodeCfg::default(), NodeCfg::default(), NodeCfg::default()]).await?;

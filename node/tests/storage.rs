@@ -48,7 +48,7 @@ fn delete(key: &str) -> Op {
 /// Stage, persist and commit one batch.
 fn apply(s: &mut Storage, r: &mut Replica, ops: Vec<Op>, wall: u64) -> Staged {
     let st = r.stage(ops, wall);
-    s.persist(&st).expect("persist");
+    s.persist(&st, true).expect("persist");
     r.commit(st.clone());
     st
 }
@@ -144,7 +144,7 @@ fn persist_syncs_once_per_non_empty_batch_before_returning() {
     }));
 
     let st = r.stage(vec![put("a", "1"), put("b", "2")], 100);
-    s.persist(&st).unwrap();
+    s.persist(&st, true).unwrap();
     assert_eq!(
         calls.load(Ordering::SeqCst),
         1,
@@ -153,27 +153,27 @@ fn persist_syncs_once_per_non_empty_batch_before_returning() {
     r.commit(st);
 
     let st = r.stage(vec![put("c", "3")], 200);
-    s.persist(&st).unwrap();
+    s.persist(&st, true).unwrap();
     assert_eq!(calls.load(Ordering::SeqCst), 2);
     r.commit(st);
 
     // Nothing to write and nothing changed: no sync.
     let st = r.stage(vec![], 300);
     assert!(st.is_empty());
-    s.persist(&st).unwrap();
+    s.persist(&st, true).unwrap();
     assert_eq!(calls.load(Ordering::SeqCst), 2, "empty batches do not sync");
     // A new member is part of the metadata: written and synced before anything is
     // trimmed on its account.
     r.add_member(2);
     let st = r.stage(vec![Op::Trim], 300);
     assert!(st.is_empty());
-    s.persist(&st).unwrap();
+    s.persist(&st, true).unwrap();
     assert_eq!(calls.load(Ordering::SeqCst), 3, "membership change synced");
     r.commit(st);
     // It never reported its watermarks, so it blocks trimming: nothing to do.
     let st = r.stage(vec![Op::Trim], 300);
     assert!(st.is_empty());
-    s.persist(&st).unwrap();
+    s.persist(&st, true).unwrap();
     assert_eq!(calls.load(Ordering::SeqCst), 3, "empty batches do not sync");
     r.commit(st);
 
@@ -181,7 +181,7 @@ fn persist_syncs_once_per_non_empty_batch_before_returning() {
     let seen = [(9, 4)].into_iter().collect();
     let st = r.stage(vec![Op::Adopt { seen }], 400);
     assert!(st.is_empty());
-    s.persist(&st).unwrap();
+    s.persist(&st, true).unwrap();
     assert_eq!(calls.load(Ordering::SeqCst), 4);
     r.commit(st);
 
@@ -404,7 +404,7 @@ fn crash_child() {
             put("last", &n.to_string()),
         ];
         let st = r.stage(ops, n);
-        s.persist(&st).expect("persist");
+        s.persist(&st, true).expect("persist");
         r.commit(st);
         writeln!(out, "acked {n}").unwrap();
         out.flush().unwrap();
@@ -762,7 +762,7 @@ fn a_store_from_before_expiry_opens_intact_and_ttls_persist() {
             2_000,
         );
         st.outcomes.clear();
-        s.persist(&st).unwrap();
+        s.persist(&st, true).unwrap();
         r.commit(st);
     }
     let (_, r) = open(&dir, 4);

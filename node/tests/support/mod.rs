@@ -275,6 +275,19 @@ pub async fn meshed(cfgs: &[NodeCfg]) -> Result<(Cluster, HttpClient)> {
     Ok((cl, c))
 }
 
+/// The headers of a session-level request (no token yet).
+pub fn session() -> Vec<(&'static str, String)> {
+    vec![("x-meshkv-consistency", "session".into())]
+}
+
+/// Server `i`'s `/status`, parsed.
+pub async fn status(c: &HttpClient, cl: &Cluster, i: usize) -> Result<serde_json::Value> {
+    let r = c
+        .call(&cl.ep(i)?, Method::GET, "/status", &[], Bytes::new())
+        .await?;
+    Ok(serde_json::from_slice(&r.body)?)
+}
+
 pub fn plain() -> HttpClient {
     HttpClient::new(None, None, Duration::from_secs(20))
 }
