@@ -215,7 +215,8 @@ impl Committer {
     }
 
     /// The node's clock (µs) at which a deferred fsync is due, if one is waiting:
-    /// the driver calls [`Committer::poll`] then.
+    /// the driver calls [`Committer::poll`] then (and at the latest after
+    /// [`SyncPolicy::delay`] of its own time, in case its clock went back).
     pub fn poll_timeout(&self) -> Option<u64> {
         self.unsynced
             .map(|(since, _)| since.saturating_add(self.policy.delay))
@@ -255,7 +256,12 @@ impl Committer {
         if self.in_flight.is_some() || self.syncing {
             return None;
         }
-        if self.poll_timeout().is_some_and(|due| wall >= due) {
+        // Due, or the clock went back past the first unsynced batch (then the
+        // deadline says nothing: fsync now rather than wait for the clock).
+        let due = self.unsynced.is_some_and(|(since, _)| {
+            wall >= since.saturating_add(self.policy.delay) || wall < since
+        });
+        if due {
             self.syncing = true;
             return Some(Output::Sync);
         }
@@ -464,6 +470,10 @@ mod tests {
             assert_eq!(b, vec![i == 2], "batch {i}");
         }
         assert_eq!(c.unsynced(), 0);
+        // A clock that went back past the first unsynced batch: fsync at once.
+        c.peer_message(&mut r, 2, push_from(2, "back", 3_500));
+        assert_eq!(drain(&mut c, &mut r, 3_500), (vec![false], 0));
+        assert_eq!(drain(&mut c, &mut r, 3_400), (vec![], 1));
         // A sync round's entries are relaxed too; with the strict policy nothing is.
         c.submit_relaxed(Some(2), vec![put("g")]);
         assert_eq!(drain(&mut c, &mut r, 4_000).0, vec![false]);

@@ -1236,7 +1236,11 @@ impl Shared {
                     }
                 }
                 Some(at) => {
-                    let wait = at.saturating_sub(crate::clock::wall_micros());
+                    // At most one delay: if the clock went back, the commit thread
+                    // sees it when woken and fsyncs at once.
+                    let wait = at
+                        .saturating_sub(crate::clock::wall_micros())
+                        .min(self.opts.replica_sync.delay);
                     tokio::select! {
                         _ = tokio::time::sleep(Duration::from_micros(wait)) => {
                             if self.commit_tx.send(CommitJob::Wake).await.is_err() {
