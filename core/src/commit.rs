@@ -41,9 +41,9 @@
 //!   every such batch within [`SyncPolicy::delay`] of the first, or once
 //!   [`SyncPolicy::batches`] of them are waiting, and any fsynced batch covers them
 //!   all (the store is one log, so an fsync makes everything written before it
-//!   durable). A process crash (`kill -9`) loses none of them: they are in the
-//!   kernel. A machine crash loses a suffix of them, never a batch in the middle and
-//!   never part of one: the server comes back *behind* — a consistent state it had
+//!   durable). A crash — of the process (`kill -9`: the store may still hold them
+//!   in its own buffer) or of the machine — loses a suffix of them, never a batch in
+//!   the middle and never part of one: the server comes back *behind* — a consistent state it had
 //!   before — as a new incarnation, and anti-entropy brings back what it lacks from
 //!   the servers that acknowledged those writes (each fsynced them before
 //!   acknowledging). Sessions stay safe: a token that names a lost write makes this

@@ -5,10 +5,10 @@
 //! closed connection). Anti-entropy and the tree walk run the same [`SyncRound`] and
 //! [`answer`] the real servers run. Every write goes through a [`Committer`], the
 //! server's write path, and each node has a simulated disk with the committer's fsync
-//! rules ([`Disk`]): what a batch writes is kept by a process crash, and what was not
-//! yet fsynced is lost (in part or in whole) by a machine crash ([`SimCluster::disk`]).
+//! rules ([`Disk`]): a crash keeps what was fsynced and loses a suffix (none, some or
+//! all) of the batches written since ([`SimCluster::disk`]).
 
-use crate::commit::{Committer, Output as CommitOutput, SyncPolicy};
+use crate::commit::{Committer, Output as CommitOutput};
 use crate::entry::Entry;
 use crate::proto::PeerMsg;
 use crate::replica::{Meta, Op, Outcome, ReadOutcome, Replica};
@@ -278,9 +278,7 @@ impl SimCluster {
     }
 
     fn committer(&mut self, id: NodeId) -> &mut Committer {
-        self.committers
-            .entry(id)
-            .or_insert_with(|| Committer::with_policy(SyncPolicy::default()))
+        self.committers.entry(id).or_default()
     }
 
     /// Crash node `id` and start it again as incarnation `rid`, from `disk` (what its
@@ -552,7 +550,7 @@ impl SimCluster {
         if let Some(r) = self.nodes.get_mut(&to) {
             self.committers
                 .entry(to)
-                .or_insert_with(|| Committer::with_policy(SyncPolicy::default()))
+                .or_default()
                 .peer_message(r, from, msg);
             self.drive(to);
         }

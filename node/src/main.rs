@@ -47,7 +47,7 @@ enum Cmd {
         /// Other servers' writes are fsynced within this many ms (0: every batch
         /// before it is visible); the environment variable reaches servers the master
         /// starts.
-        #[arg(long, env = "MESHKV_REPLICA_FSYNC_MS", default_value_t = 50)]
+        #[arg(long, env = "MESHKV_REPLICA_FSYNC_MS", default_value_t = SyncPolicy::default().delay / 1000)]
         replica_fsync_ms: u64,
     },
     /// Run a standalone server from a TOML config file (stops on SIGINT/SIGTERM).

@@ -185,7 +185,7 @@ struct PeerStats {
 }
 
 /// Bytes of pushes and gifts queued for one peer's push stream at most: beyond it new
-/// ones are dropped (counted in `pushes_dropped`), and anti-entropy brings them to the
+/// ones are dropped (pushes are counted in `pushes_dropped`), and anti-entropy brings them to the
 /// peer later, so a slow or stuck peer costs bounded memory.
 pub const PUSH_QUEUE_BYTES: u64 = 64 << 20;
 

@@ -795,9 +795,10 @@ impl Storage {
     }
 }
 
-/// Copy directory `from` (files and subdirectories) to a new directory `to`.
-fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
-    std::fs::create_dir(to)?;
+/// Copy directory `from` (files and subdirectories) into directory `to`, created if
+/// missing (the platter copy here; tests copy stores with it too).
+pub fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
     for e in std::fs::read_dir(from)? {
         let e = e?;
         let dest = to.join(e.file_name());

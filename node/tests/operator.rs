@@ -5,11 +5,12 @@
 //! Every test makes its own temp dir, certificates and OS-picked ports, talks only to
 //! 127.0.0.1, and kills every process it started by pid (the `Proc` guard).
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{bail, Result};
 use bytes::Bytes;
 use hyper::Method;
 use meshkv_node::cli::{Endpoint, HttpClient};
 use meshkv_node::meshkv_core::Version;
+use meshkv_node::storage::copy_tree;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
@@ -77,20 +78,6 @@ async fn restart_with(
     cl.wait_links(i, 2, c).await
 }
 
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) -> Result<()> {
-    std::fs::create_dir_all(to)?;
-    for ent in std::fs::read_dir(from)? {
-        let p = ent?.path();
-        let dest = to.join(p.file_name().ok_or_else(|| anyhow!("no name"))?);
-        if p.is_dir() {
-            copy_dir(&p, &dest)?;
-        } else {
-            std::fs::copy(&p, &dest)?;
-        }
-    }
-    Ok(())
-}
-
 #[tokio::test]
 async fn a_wiped_or_older_store_rejoins_without_reusing_a_dot() -> Result<()> {
     let (mut cl, c) = three(Default::default()).await?;
@@ -107,7 +94,7 @@ async fn a_wiped_or_older_store_rejoins_without_reusing_a_dot() -> Result<()> {
     identical_within(&cl, &c, Duration::from_secs(5)).await?;
     // A backup of node 2's directory, taken while it is stopped.
     let backup = cl.path().join("backup2");
-    restart_with(&mut cl, &c, 2, |d| copy_dir(d, &backup)).await?;
+    restart_with(&mut cl, &c, 2, |d| Ok(copy_tree(d, &backup)?)).await?;
     note(puts(&c, &cl.ep(2)?, "late", 50).await?)?;
     identical_within(&cl, &c, Duration::from_secs(5)).await?;
 
@@ -115,7 +102,7 @@ async fn a_wiped_or_older_store_rejoins_without_reusing_a_dot() -> Result<()> {
         restart_with(&mut cl, &c, 2, |d| {
             std::fs::remove_dir_all(d)?;
             if restore {
-                copy_dir(&backup, d)?;
+                copy_tree(&backup, d)?;
             }
             Ok(())
         })

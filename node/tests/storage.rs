@@ -4,7 +4,7 @@
 use meshkv_node::meshkv_core::entry::Entry;
 use meshkv_node::meshkv_core::replica::{Limits, Op, Replica, Staged};
 use meshkv_node::meshkv_core::version::{Dot, Version};
-use meshkv_node::storage::{close_sled, Storage, StorageError, Syncer};
+use meshkv_node::storage::{close_sled, copy_tree, Storage, StorageError, Syncer};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -498,20 +498,6 @@ fn kill_9_loses_no_acknowledged_write() {
     assert_eq!(r.log_len() as u64, counter);
 }
 
-/// Copy a directory tree.
-fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for ent in std::fs::read_dir(from).unwrap() {
-        let p = ent.unwrap().path();
-        let dest = to.join(p.file_name().unwrap());
-        if p.is_dir() {
-            copy_tree(&p, &dest);
-        } else {
-            std::fs::copy(&p, &dest).unwrap();
-        }
-    }
-}
-
 /// One flipped byte anywhere in a stopped store: opening it either refuses with a
 /// one-line reason or yields exactly the store that was written — never a store with
 /// writes silently missing, never a panic.
@@ -563,7 +549,7 @@ fn a_flipped_byte_anywhere_is_refused_or_harmless() {
         }
         for off in offsets {
             let work = t.path().join(format!("work{tried}"));
-            copy_tree(&pristine, &work);
+            copy_tree(&pristine, &work).expect("copy the store");
             let path = work.join(f);
             let mut bytes = std::fs::read(&path).unwrap();
             bytes[off as usize] ^= 0x5a;
@@ -660,7 +646,7 @@ fn a_dropped_store_reopens_and_removes_at_once() {
         apply(&mut s, &mut r, vec![put(&format!("k{round}"), "v")], wall);
         drop(s);
         let copy = t.path().join(format!("copy{round}"));
-        copy_tree(&dir, &copy);
+        copy_tree(&dir, &copy).expect("copy the store");
         let (s2, r2) = open(&copy, 3);
         assert_eq!(r2.len(), round + 1, "copy of round {round}");
         drop(s2);
