@@ -10,6 +10,7 @@
 //! * [`paxos`]: linearizable per-key registers (CASPaxos): acceptor, proposer, acceptor
 //!   sets, and seeded fault schedules checked for linearizability.
 //! * [`proto`]: wire messages and framing; [`control`]: the master's control channel.
+//! * [`schedule`]: a node's clock work (dialing, anti-entropy rounds, trims, readiness), sans-IO.
 //! * [`sim`]: an in-memory cluster to run many schedules against the rules.
 //! * [`vopr`]: seeded fault schedules over it (crash, wipe, rollback, skew, loss,
 //!   duplication, reordering, partitions), checked for the store's promises.
@@ -25,6 +26,7 @@ pub mod linearizable;
 pub mod paxos;
 pub mod proto;
 pub mod replica;
+pub mod schedule;
 pub mod session;
 pub mod sim;
 pub mod sync;

@@ -25,6 +25,7 @@ use meshkv_core::commit::{
     Committer, Output as CommitOutput, SyncPolicy, Ticket, MAX_JOBS_PER_BATCH,
 };
 use meshkv_core::proto::{self, ClientReq, ClientResp, PeerMsg, PeerReq, PeerResp};
+use meshkv_core::schedule::{Action as SchedAction, Input as SchedInput, Schedule, Timing};
 use meshkv_core::sync::{Event as SyncEvent, Step as SyncStep, SyncError, SyncRound};
 use meshkv_core::{Limits, NodeId, Op, Outcome, ReadOutcome, Replica, Version, VersionVector};
 use serde::Serialize;
@@ -251,7 +252,6 @@ struct PeerSlot {
     blocked: bool,
     conn: Option<(u64, quinn::Connection)>,
     tx: Option<PushTx>,
-    dialer: bool,
     stats: Arc<PeerStats>,
     changed: Arc<Notify>,
 }
@@ -294,9 +294,10 @@ struct Shared {
     started: Instant,
     client_puts: AtomicU64,
     client_gets: AtomicU64,
-    /// One anti-entropy round at a time: a rejoining server pulls what it missed from
-    /// one peer, and the rounds with the others then find nothing left to send.
-    sync_lock: tokio::sync::Mutex<()>,
+    /// Inputs of the `scheduler` task's [`Schedule`] (links, peers, ends of rounds,
+    /// dials and trims). Sent while the `peers` lock is held where the input reports a
+    /// change of a [`PeerSlot`], so the schedule sees those changes in their order.
+    sched_tx: mpsc::UnboundedSender<SchedInput>,
     /// The counter of this incarnation's last ballot.
     ballots: AtomicU64,
     /// Linearizable operations completed, attempts retried, and answered unavailable.
@@ -361,6 +362,7 @@ impl Server {
         let (commit_tx, commit_rx) = mpsc::channel(16_384);
         let (commits, _) = tokio::sync::watch::channel(0u64);
         let (sync_due, _) = tokio::sync::watch::channel(None);
+        let (sched_tx, sched_rx) = mpsc::unbounded_channel();
         let sh = Arc::new(Shared {
             id: opts.id,
             rid,
@@ -386,7 +388,7 @@ impl Server {
             started: Instant::now(),
             client_puts: AtomicU64::new(0),
             client_gets: AtomicU64::new(0),
-            sync_lock: tokio::sync::Mutex::new(()),
+            sched_tx,
             ballots: AtomicU64::new(0),
             lin_ops: AtomicU64::new(0),
             lin_retries: AtomicU64::new(0),
@@ -407,7 +409,6 @@ impl Server {
         }
         sh.workers
             .spawn("accept", "server", sh.clone().accept_loop());
-        sh.workers.spawn("trim", "server", sh.clone().trim_loop());
         sh.workers
             .spawn("fsync-timer", "commit thread", sh.clone().fsync_timer());
         sh.workers
@@ -419,8 +420,10 @@ impl Server {
         // peers of the config file.
         let records = lock(&sh.replica).member_records();
         sh.apply_members(records);
+        // Every peer known at the start has been told: now the schedule runs.
+        let _ = sh.sched_tx.send(SchedInput::Start);
         sh.workers
-            .spawn("readiness", "server", sh.clone().readiness());
+            .spawn("scheduler", "server", sh.clone().scheduler(sched_rx));
         Ok(Server { sh })
     }
 
@@ -1171,18 +1174,71 @@ impl Shared {
             .collect()
     }
 
-    /// The `readiness` task: the server serves clients once it has completed a sync
-    /// round with every peer it can be expected to reach, or once the catch-up timeout
-    /// passes (then status names the peers it did not catch up with).
-    async fn readiness(self: Arc<Self>) {
-        let deadline = tokio::time::Instant::now() + self.opts.catchup_timeout;
+    /// Monotonic microseconds since this process started: the schedule's `now`.
+    fn mono_micros(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX)
+    }
+
+    /// The `scheduler` task: drives the core's [`Schedule`] (dialing, anti-entropy
+    /// rounds, trims, readiness) and carries out its actions, each as a task of its own
+    /// that reports its end back as an input.
+    async fn scheduler(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<SchedInput>) {
+        let timing = Timing {
+            sync_interval: micros(self.opts.sync_interval),
+            trim_interval: micros(self.opts.trim_interval),
+            catchup_timeout: micros(self.opts.catchup_timeout),
+            ..Timing::default()
+        };
+        let mut sched = Schedule::new(self.id, timing, 0);
         loop {
-            let notified = self.ready_changed.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            let missing = self.caught_up();
-            let timed_out = tokio::time::Instant::now() >= deadline;
-            if missing.is_empty() || timed_out {
+            while let Some(action) = sched.poll_action() {
+                self.carry_out(action);
+            }
+            let input = match sched.poll_timeout() {
+                Some(at) => {
+                    let wait = Duration::from_micros(at.saturating_sub(self.mono_micros()));
+                    tokio::select! {
+                        input = rx.recv() => input,
+                        _ = tokio::time::sleep(wait) => Some(SchedInput::Tick),
+                    }
+                }
+                None => rx.recv().await,
+            };
+            let Some(input) = input else { return };
+            sched.handle(self.mono_micros(), input);
+        }
+    }
+
+    fn carry_out(self: &Arc<Self>, action: SchedAction) {
+        let sh = self.clone();
+        match action {
+            SchedAction::Dial(id) => {
+                self.workers
+                    .spawn("dial", format!("peer {id}"), async move {
+                        let (linked, refused) = sh.dial_once(id).await;
+                        let _ = sh.sched_tx.send(SchedInput::DialEnded {
+                            id,
+                            linked,
+                            refused,
+                        });
+                    });
+            }
+            SchedAction::Round(id) => {
+                self.workers
+                    .spawn("sync-round", format!("peer {id}"), async move {
+                        let ok = sh.anti_entropy(id).await;
+                        let _ = sh.sched_tx.send(SchedInput::RoundDone { id, ok });
+                    });
+            }
+            SchedAction::Trim => {
+                self.workers.spawn("trim", "scheduler", async move {
+                    // Relaxed: a trim lost in a machine crash is simply done again.
+                    // Below the disk reserve nothing is trimmed; the next one retries.
+                    let _ = sh.commit_relaxed(vec![Op::Trim]).await;
+                    let _ = sh.sched_tx.send(SchedInput::Trimmed);
+                });
+            }
+            SchedAction::Ready { missing } => {
                 if !missing.is_empty() {
                     let note = format!(
                         "serving after the {} ms catch-up timeout without a sync round with server(s) {missing:?}",
@@ -1194,9 +1250,7 @@ impl Shared {
                 self.ready.store(true, Relaxed);
                 self.ready_changed.notify_waiters();
                 tracing::info!("server {}: ready", self.id);
-                return;
             }
-            let _ = tokio::time::timeout_at(deadline, notified).await;
         }
     }
 
@@ -1380,7 +1434,7 @@ impl Shared {
             return;
         }
         lock(&self.replica).add_member(id);
-        let (start_dialer, stale) = {
+        let stale = {
             let mut peers = lock(&self.peers);
             let p = peers.entry(id).or_default();
             // A new address means a new incarnation of the peer: a connection to the
@@ -1388,6 +1442,7 @@ impl Shared {
             let stale = match (addr, &p.conn) {
                 (Some(a), Some((_, c))) if c.remote_address() != a => {
                     p.tx = None;
+                    let _ = self.sched_tx.send(SchedInput::LinkDown(id));
                     p.conn.take()
                 }
                 _ => None,
@@ -1397,19 +1452,16 @@ impl Shared {
             }
             p.blocked = false;
             p.changed.notify_waiters();
-            let start = self.id < id && !p.dialer;
-            if start {
-                p.dialer = true;
-            }
-            (start, stale)
+            let _ = self.sched_tx.send(SchedInput::Peer {
+                id,
+                addr: p.addr.is_some(),
+                blocked: false,
+            });
+            stale
         };
         if let Some((_, c)) = stale {
             c.close(3u32.into(), b"peer restarted");
             lock(&self.replica).set_connected(id, false);
-        }
-        if start_dialer {
-            self.workers
-                .spawn("dialer", format!("peer {id}"), self.clone().dialer(id));
         }
         self.ready_changed.notify_waiters();
     }
@@ -1421,6 +1473,14 @@ impl Shared {
             p.blocked = true;
             p.tx = None;
             p.changed.notify_waiters();
+            let _ = self.sched_tx.send(SchedInput::Peer {
+                id,
+                addr: p.addr.is_some(),
+                blocked: true,
+            });
+            if p.conn.is_some() {
+                let _ = self.sched_tx.send(SchedInput::LinkDown(id));
+            }
             p.conn.take()
         };
         if let Some((_, c)) = conn {
@@ -1431,98 +1491,54 @@ impl Shared {
         self.ready_changed.notify_waiters();
     }
 
-    async fn dialer(self: Arc<Self>, id: NodeId) {
-        let mut backoff = Duration::from_millis(20);
-        loop {
-            let (addr, blocked, conn, changed) = {
-                let peers = lock(&self.peers);
-                let Some(p) = peers.get(&id) else { return };
-                (
-                    p.addr,
-                    p.blocked,
-                    p.conn.as_ref().map(|c| c.1.clone()),
-                    p.changed.clone(),
-                )
-            };
-            let notified = changed.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if let Some(c) = conn {
-                if c.close_reason().is_none() {
-                    tokio::select! {
-                        _ = c.closed() => {}
-                        _ = &mut notified => {}
-                    }
-                    backoff = Duration::from_millis(20);
-                } else {
-                    // Closed, but `link-watch` has not cleared the slot yet (or was
-                    // stopped): wait instead of spinning on a ready `closed()`.
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
-                        _ = &mut notified => {}
-                    }
-                }
-                continue;
+    /// One attempt to link to peer `id` (the schedule's [`SchedAction::Dial`]): dial,
+    /// confirm with a ping, install. Returns (linked, refused as a duplicate id).
+    async fn dial_once(self: &Arc<Self>, id: NodeId) -> (bool, bool) {
+        let addr = {
+            let peers = lock(&self.peers);
+            match peers.get(&id) {
+                Some(p) if !p.blocked && p.conn.is_none() => p.addr,
+                _ => None,
             }
-            let Some(addr) = addr.filter(|_| !blocked) else {
-                notified.await;
-                continue;
-            };
-            match net::connect(
-                &self.endpoint,
-                addr,
-                Identity::server(id),
-                Duration::from_secs(2),
-            )
-            .await
-            {
-                Ok(c) => {
-                    // Count the link as up only once the peer has installed it too:
-                    // it answers requests only on installed connections.
-                    let ping =
-                        frame::request::<_, PeerResp>(&c, &PeerReq::Ping, Duration::from_secs(2))
-                            .await;
-                    match ping {
-                        Ok((PeerResp::Pong, _, _)) => {
-                            backoff = Duration::from_millis(20);
-                            self.install(id, c);
-                        }
-                        other => {
-                            if let Some(quinn::ConnectionError::ApplicationClosed(ac)) =
-                                c.close_reason()
-                            {
-                                if ac.error_code == CLOSE_DUPLICATE.into() {
-                                    let why = String::from_utf8_lossy(&ac.reason).to_string();
-                                    tracing::error!(
-                                        "server {}: server {id} refused this process: {why}",
-                                        self.id
-                                    );
-                                    *lock(&self.refused_as_duplicate) =
-                                        Some(format!("server {id} refused this process: {why}"));
-                                    backoff = Duration::from_secs(5);
-                                }
-                            }
-                            tracing::debug!(
-                                "server {}: link to {id} not confirmed: {other:?}",
-                                self.id
-                            );
-                            c.close(5u32.into(), b"not confirmed");
-                            tokio::select! {
-                                _ = tokio::time::sleep(backoff) => {}
-                                _ = &mut notified => {}
-                            }
-                            backoff = (backoff * 2).min(Duration::from_millis(500));
-                        }
+        };
+        let Some(addr) = addr else {
+            return (false, false);
+        };
+        let c = match net::connect(
+            &self.endpoint,
+            addr,
+            Identity::server(id),
+            Duration::from_secs(2),
+        )
+        .await
+        {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!("dial server {id} at {addr}: {e}");
+                return (false, false);
+            }
+        };
+        // Count the link as up only once the peer has installed it too: it answers
+        // requests only on installed connections.
+        match frame::request::<_, PeerResp>(&c, &PeerReq::Ping, Duration::from_secs(2)).await {
+            Ok((PeerResp::Pong, _, _)) => (self.install(id, c), false),
+            other => {
+                let mut refused = false;
+                if let Some(quinn::ConnectionError::ApplicationClosed(ac)) = c.close_reason() {
+                    if ac.error_code == CLOSE_DUPLICATE.into() {
+                        let why = String::from_utf8_lossy(&ac.reason).to_string();
+                        tracing::error!(
+                            "server {}: server {id} refused this process: {why}",
+                            self.id
+                        );
+                        *lock(&self.refused_as_duplicate) =
+                            Some(format!("server {id} refused this process: {why}"));
+                        refused = true;
                     }
                 }
-                Err(e) => {
-                    tracing::debug!("dial server {id} at {addr}: {e}");
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
-                        _ = &mut notified => {}
-                    }
-                    backoff = (backoff * 2).min(Duration::from_millis(500));
-                }
+                tracing::debug!("server {}: link to {id} not confirmed: {other:?}", self.id);
+                c.close(5u32.into(), b"not confirmed");
+                (false, refused)
             }
         }
     }
@@ -1545,7 +1561,7 @@ impl Shared {
                             id,
                         }) if id != sh.id => {
                             if !sh.refuse_duplicate(id, &conn).await {
-                                sh.install(id, conn)
+                                sh.install(id, conn);
                             }
                         }
                         Ok(Identity {
@@ -1594,7 +1610,9 @@ impl Shared {
         true
     }
 
-    fn install(self: &Arc<Self>, id: NodeId, conn: quinn::Connection) {
+    /// Install `conn` as the link to peer `id` (unless the peer is removed or blocked:
+    /// then it is closed and `false` returned), and start its tasks.
+    fn install(self: &Arc<Self>, id: NodeId, conn: quinn::Connection) -> bool {
         let gen = self.next_gen.fetch_add(1, Relaxed);
         let (tx, rx) = PushTx::new();
         let (old, stats) = {
@@ -1603,16 +1621,17 @@ impl Shared {
                 drop(peers);
                 tracing::debug!("server {}: refusing removed server {id}", self.id);
                 conn.close(1u32.into(), b"removed from the cluster");
-                return;
+                return false;
             }
             let p = peers.entry(id).or_default();
             if p.blocked {
                 drop(peers);
                 tracing::debug!("server {}: refusing blocked server {id}", self.id);
                 conn.close(1u32.into(), b"blocked");
-                return;
+                return false;
             }
             let old = p.conn.replace((gen, conn.clone()));
+            let _ = self.sched_tx.send(SchedInput::LinkUp(id));
             p.tx = Some(tx);
             p.stats.connects.fetch_add(1, Relaxed);
             p.changed.notify_waiters();
@@ -1646,12 +1665,7 @@ impl Shared {
         w.spawn(
             "peer-requests",
             owner.clone(),
-            self.clone().peer_requests(conn.clone(), id, stats.clone()),
-        );
-        w.spawn(
-            "anti-entropy",
-            owner.clone(),
-            self.clone().anti_entropy(conn.clone(), id, gen, stats),
+            self.clone().peer_requests(conn.clone(), id, stats),
         );
         let sh = self.clone();
         w.spawn("link-watch", owner, async move {
@@ -1662,6 +1676,7 @@ impl Shared {
                     Some(p) if p.conn.as_ref().is_some_and(|c| c.0 == gen) => {
                         p.conn = None;
                         p.tx = None;
+                        let _ = sh.sched_tx.send(SchedInput::LinkDown(id));
                         p.changed.notify_waiters();
                         true
                     }
@@ -1675,6 +1690,7 @@ impl Shared {
             }
         });
         self.broadcast_links();
+        true
     }
 
     async fn push_reader(self: Arc<Self>, conn: quinn::Connection, id: NodeId, st: Arc<PeerStats>) {
@@ -1774,34 +1790,25 @@ impl Shared {
         Ok(resp)
     }
 
-    async fn anti_entropy(
-        self: Arc<Self>,
-        conn: quinn::Connection,
-        id: NodeId,
-        gen: u64,
-        st: Arc<PeerStats>,
-    ) {
-        let mut tick = tokio::time::interval(self.opts.sync_interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = conn.closed() => return,
+    /// One anti-entropy round with peer `id` over its current link (the schedule's
+    /// [`SchedAction::Round`]; the schedule runs one at a time). Whether it completed.
+    async fn anti_entropy(&self, id: NodeId) -> bool {
+        let link = lock(&self.peers)
+            .get(&id)
+            .and_then(|p| p.conn.as_ref().map(|c| (c.1.clone(), p.stats.clone())));
+        let Some((conn, st)) = link else {
+            return false;
+        };
+        match self.sync_round(&conn, id, &st).await {
+            Ok(()) => {
+                st.sync_rounds.fetch_add(1, Relaxed);
+                st.last_sync_ok_ms.store(now_ms(), Relaxed);
+                self.ready_changed.notify_waiters();
+                true
             }
-            let current = lock(&self.peers)
-                .get(&id)
-                .and_then(|p| p.conn.as_ref().map(|c| c.0))
-                == Some(gen);
-            if !current {
-                return;
-            }
-            match self.sync_round(&conn, id, &st).await {
-                Ok(()) => {
-                    st.sync_rounds.fetch_add(1, Relaxed);
-                    st.last_sync_ok_ms.store(now_ms(), Relaxed);
-                    self.ready_changed.notify_waiters();
-                }
-                Err(e) => tracing::debug!("server {}: sync with {id}: {e}", self.id),
+            Err(e) => {
+                tracing::debug!("server {}: sync with {id}: {e}", self.id);
+                false
             }
         }
     }
@@ -1815,7 +1822,6 @@ impl Shared {
         id: NodeId,
         st: &PeerStats,
     ) -> Result<(), RoundError> {
-        let _one_at_a_time = self.sync_lock.lock().await;
         let mut round = SyncRound::new(id);
         let mut ev = SyncEvent::Start;
         loop {
@@ -1842,19 +1848,6 @@ impl Shared {
             st.walks.fetch_add(1, Relaxed);
         }
         Ok(())
-    }
-
-    async fn trim_loop(self: Arc<Self>) {
-        let mut tick = tokio::time::interval(self.opts.trim_interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            // Relaxed: a trim lost in a machine crash is simply done again.
-            match self.commit_relaxed(vec![Op::Trim]).await {
-                Ok(_) | Err(ServerError::DiskFull(_)) => {}
-                Err(_) => return,
-            }
-        }
     }
 
     /// Turn every value whose expiry time has come into its expiry tombstone (see
