@@ -11,11 +11,37 @@
 //! | shape | written by | differs in |
 //! |-------|------------|------------|
 //! | [`EntryV1`], [`ValueV1`], [`AcceptorStateV1`] | meshkv before expiry | no [`Entry::expires`] |
+//! | [`MetaV1`] | meshkv before the dropped-entry timestamp | no [`Meta::gc_ts`] |
 
 use crate::entry::Entry;
 use crate::paxos::{AcceptorState, Ballot, Value};
-use crate::version::{Version, VersionVector};
+use crate::replica::Meta;
+use crate::version::{NodeId, Version, VersionVector};
 use serde::Deserialize;
+use std::collections::BTreeSet;
+
+/// A [`Meta`] without `gc_ts` (read as 0: what that release did).
+#[derive(Deserialize)]
+pub struct MetaV1 {
+    counter: u64,
+    hlc: u64,
+    seen: VersionVector,
+    floor: VersionVector,
+    members: BTreeSet<NodeId>,
+}
+
+impl From<MetaV1> for Meta {
+    fn from(m: MetaV1) -> Meta {
+        Meta {
+            counter: m.counter,
+            hlc: m.hlc,
+            seen: m.seen,
+            floor: m.floor,
+            members: m.members,
+            gc_ts: 0,
+        }
+    }
+}
 
 /// An [`Entry`] without `expires`.
 #[derive(Deserialize)]
@@ -120,5 +146,49 @@ mod tests {
                 assert_eq!(decode::<Entry>(&new), Some(e.clone().expiring(expires)));
             }
         }
+    }
+
+    /// The meta record as the release before `gc_ts` wrote it.
+    #[derive(Serialize)]
+    struct OldMeta<'a> {
+        counter: u64,
+        hlc: u64,
+        seen: &'a VersionVector,
+        floor: &'a VersionVector,
+        members: &'a BTreeSet<NodeId>,
+    }
+
+    #[test]
+    fn an_old_meta_decodes_only_as_old_and_a_new_one_only_as_new() {
+        let cfg = bincode::config::standard();
+        let seen: VersionVector = [(1, 7), (2, 3)].into_iter().collect();
+        let floor: VersionVector = [(1, 5)].into_iter().collect();
+        let members: BTreeSet<NodeId> = [1, 2].into_iter().collect();
+        let old = bincode::serde::encode_to_vec(
+            OldMeta {
+                counter: 9,
+                hlc: 1_000,
+                seen: &seen,
+                floor: &floor,
+                members: &members,
+            },
+            cfg,
+        )
+        .expect("encodes");
+        assert!(decode::<Meta>(&old).is_none());
+        let m: Meta = decode::<MetaV1>(&old).expect("old shape").into();
+        let want = Meta {
+            counter: 9,
+            hlc: 1_000,
+            seen,
+            floor,
+            members,
+            gc_ts: 0,
+        };
+        assert_eq!(m, want);
+        let new = Meta { gc_ts: 77, ..want };
+        let bytes = bincode::serde::encode_to_vec(&new, cfg).expect("encodes");
+        assert!(decode::<MetaV1>(&bytes).is_none());
+        assert_eq!(decode::<Meta>(&bytes), Some(new));
     }
 }

@@ -145,6 +145,10 @@ pub struct Meta {
     /// Every other server known to be a member: log records and tombstones are kept
     /// until each of them is known to hold them, across restarts too.
     pub members: BTreeSet<NodeId>,
+    /// The highest timestamp of an entry this server dropped (a collected tombstone,
+    /// a forgotten key): a write to a key with no entry is stamped above it, so it
+    /// still follows a delete whose tombstone is gone (see `stage_put`).
+    pub gc_ts: u64,
 }
 
 /// A mutation for the commit loop.
@@ -418,6 +422,8 @@ pub struct Replica {
     counter: u64,
     seen: VersionVector,
     floor: VersionVector,
+    /// See [`Meta::gc_ts`].
+    gc_ts: u64,
     pub(crate) log: BTreeMap<Dot, Vec<u8>>,
     peers: BTreeMap<NodeId, PeerView>,
     tombstones: BTreeSet<Vec<u8>>,
@@ -452,6 +458,7 @@ impl Replica {
             counter: 0,
             seen: VersionVector::new(),
             floor: VersionVector::new(),
+            gc_ts: 0,
             log: BTreeMap::new(),
             peers: BTreeMap::new(),
             tombstones: BTreeSet::new(),
@@ -491,6 +498,7 @@ impl Replica {
         }
         r.log = log.into_iter().collect();
         r.hlc.observe(meta.hlc);
+        r.gc_ts = meta.gc_ts;
         r.seen = meta.seen;
         r.floor = meta.floor;
         for m in meta.members {
@@ -601,6 +609,7 @@ impl Replica {
             seen: self.seen.clone(),
             floor: self.floor.clone(),
             members: self.peers.keys().copied().collect(),
+            gc_ts: self.gc_ts,
         }
     }
 
@@ -693,6 +702,13 @@ impl Replica {
         }
         st.meta.counter = self.counter;
         st.meta.hlc = self.hlc.last();
+        let dropped = st
+            .removes
+            .iter()
+            .filter_map(|k| self.store.get(k))
+            .map(|e| e.version.ts)
+            .max();
+        st.meta.gc_ts = self.gc_ts.max(dropped.unwrap_or(0));
         st.root = self.root_after(&st);
         st
     }
@@ -731,8 +747,16 @@ impl Replica {
         let previous = self.current(st, &key).cloned();
         let seen_ts = self.observe_client(seen_ts, wall);
         // This write follows everything the client saw and the key's current version,
-        // even when those are further ahead than the clock may move.
-        let floor = previous.as_ref().map_or(0, |p| p.version.ts).max(seen_ts);
+        // even when those are further ahead than the clock may move. With no current
+        // version the key may have had a delete whose tombstone was collected: the
+        // write follows every entry this server ever dropped, or it could be stamped
+        // below that delete (by a clock behind the others by more than the offset
+        // bound, which cannot move it that far) and lose to it where the tombstone is
+        // still held, or win where it is not.
+        let floor = previous
+            .as_ref()
+            .map_or(self.gc_ts, |p| p.version.ts)
+            .max(seen_ts);
         let tick = self.hlc.tick(wall);
         let ts = tick.max(floor.saturating_add(1));
         // Odd for a register's stamp, even for a client write (see `Op::Stamp`).
@@ -956,6 +980,7 @@ impl Replica {
         }
         self.seen = st.meta.seen;
         self.floor = st.meta.floor;
+        self.gc_ts = st.meta.gc_ts;
         let connected: Vec<NodeId> = self
             .peers
             .iter()
@@ -1168,10 +1193,18 @@ impl Replica {
             .collect()
     }
 
-    /// A peer told us the origin id of its current incarnation.
+    /// A peer told us the origin id of its current incarnation. A new incarnation may
+    /// hold less than the old one reported (a wiped or restored disk, a lost unsynced
+    /// suffix), so its watermarks are forgotten until it reports again: trimming waits
+    /// for them (or a tombstone could be collected that the new incarnation never saw,
+    /// and a write it makes meanwhile would outlive the delete).
     pub fn set_peer_rid(&mut self, id: NodeId, rid: NodeId) {
         if id != self.id {
-            self.peers.entry(id).or_default().rid = Some(rid);
+            let p = self.peers.entry(id).or_default();
+            if p.rid.is_some_and(|old| old != rid) {
+                p.seen = None;
+            }
+            p.rid = Some(rid);
         }
     }
 
@@ -1243,20 +1276,30 @@ impl Replica {
                 slot.push(*d);
             }
         }
+        // A record whose key is gone (a delete whose tombstone was collected while the
+        // record stayed, for a member that since went back to a restored disk) cannot
+        // be served as a suffix: its dot would never reach the requester, whose
+        // watermark would stop below it for good. Send it to the tree walk instead,
+        // which forgets what the requester kept of the key and adopts our watermarks.
+        let mut collected = false;
         let items = items
             .into_iter()
-            .filter_map(|(k, dots)| {
-                self.store.get(k).map(|e| SyncItem {
+            .filter_map(|(k, dots)| match self.store.get(k) {
+                Some(e) => Some(SyncItem {
                     key: k.to_vec(),
                     entry: e.clone(),
                     dots,
-                })
+                }),
+                None => {
+                    collected = true;
+                    None
+                }
             })
             .collect();
         SyncResp {
             items,
             more,
-            fallback,
+            fallback: fallback || collected,
             seen: self.seen.clone(),
             root: self.root(),
         }

@@ -1081,7 +1081,7 @@ fn load(db: &sled::Db) -> Result<Loaded, StorageError> {
             // Read on demand; checked here so that a damaged record refuses the store.
             decode_acceptor(&k, &v)?;
         } else if k.as_ref() == KEY_META {
-            meta = Some(decode::<Meta>(&k, &v)?);
+            meta = Some(decode_meta(&k, &v)?);
         } else if k.as_ref() != KEY_FORMAT && k.as_ref() != KEY_NODE && k.as_ref() != KEY_SEQ {
             return Err(StorageError::corrupt(&k, "unexpected record"));
         }
@@ -1151,6 +1151,15 @@ pub fn decode_entry(key: &[u8], bytes: &[u8]) -> Result<Entry, StorageError> {
     decode::<Entry>(key, bytes).or_else(|e| {
         decode::<meshkv_core::legacy::EntryV1>(key, bytes)
             .map(Entry::from)
+            .map_err(|_| e)
+    })
+}
+
+/// The meta record, in the current shape or an earlier one.
+fn decode_meta(key: &[u8], bytes: &[u8]) -> Result<Meta, StorageError> {
+    decode::<Meta>(key, bytes).or_else(|e| {
+        decode::<meshkv_core::legacy::MetaV1>(key, bytes)
+            .map(Meta::from)
             .map_err(|_| e)
     })
 }

@@ -665,3 +665,167 @@ fn a_batch_lists_every_change_in_order() {
     assert_eq!(st.changes.len(), 1);
     assert_eq!(st.changes[0].value.as_deref(), Some(&b"z"[..]));
 }
+
+#[test]
+fn a_logged_key_that_is_gone_sends_the_requester_to_the_walk() {
+    // A record whose key is no longer held (its tombstone was collected while the
+    // record stayed) cannot be served as a suffix: the requester would never get
+    // its dot and never raise its watermark past it.
+    let meta = |gc_ts| Meta {
+        counter: 2,
+        hlc: 10,
+        seen: [(0, 2)].into_iter().collect(),
+        floor: VersionVector::new(),
+        members: [1].into_iter().collect(),
+        gc_ts,
+    };
+    let a = Entry::write(
+        Some(b"1".to_vec()),
+        Version {
+            ts: 5,
+            dot: Dot::new(0, 1),
+        },
+        &VersionVector::new(),
+    );
+    let ask = SyncReq {
+        seen: VersionVector::new(),
+        root: 0,
+    };
+    let log = vec![
+        (Dot::new(0, 1), b"a".to_vec()),
+        (Dot::new(0, 2), b"k".to_vec()),
+    ];
+    let mut r = Replica::restore(
+        0,
+        0,
+        Limits::default(),
+        meta(0),
+        [(b"a".to_vec(), a.clone())],
+        log,
+        100,
+    );
+    let resp = r.answer_sync(1, &ask);
+    assert!(
+        resp.fallback,
+        "the gone key's record must send the requester to the walk"
+    );
+    assert_eq!(resp.items.len(), 1);
+    // With every logged key held, the log serves the suffix.
+    let log = vec![(Dot::new(0, 1), b"a".to_vec())];
+    let mut meta1 = meta(0);
+    meta1.seen = [(0, 1)].into_iter().collect();
+    let mut r = Replica::restore(
+        0,
+        0,
+        Limits::default(),
+        meta1,
+        [(b"a".to_vec(), a)],
+        log,
+        100,
+    );
+    assert!(!r.answer_sync(1, &ask).fallback);
+}
+
+#[test]
+fn trimming_raises_the_floor_so_a_member_that_went_back_walks() {
+    let mut c = SimCluster::new(&[0, 1], Limits::default());
+    let mut s = Session::new();
+    for k in [b"a", b"b", b"c"] {
+        c.put(0, k, b"v", &mut s);
+    }
+    c.deliver_all();
+    // 0 learns that 1 holds everything, then trims its log.
+    c.anti_entropy(1, 0);
+    c.trim(0);
+    assert_eq!(c.nodes[&0].log_len(), 0);
+    assert_eq!(
+        c.nodes[&0].floor().get(0),
+        3,
+        "the trimmed range is below the floor"
+    );
+    // A member that went back (a restored disk) asks from below: the walk, not a
+    // suffix with holes.
+    let ask = SyncReq {
+        seen: VersionVector::new(),
+        root: 0,
+    };
+    let r0 = c.nodes.get_mut(&0).unwrap();
+    assert!(r0.answer_sync(1, &ask).fallback);
+}
+
+#[test]
+fn a_new_incarnation_of_a_peer_must_report_again_before_tombstones_go() {
+    let mut r = Replica::new(0, Limits::default());
+    r.add_member(1);
+    r.set_peer_rid(1, 100);
+    put(&mut r, b"k", b"v", 1_000);
+    let mut st = r.stage(
+        vec![Op::Put {
+            key: b"k".to_vec(),
+            value: None,
+            seen_ts: 0,
+            dep: None,
+            ttl: None,
+        }],
+        2_000,
+    );
+    st.outcomes.clear();
+    r.commit(st);
+    let all = r.seen().clone();
+    r.note_peer_seen(1, &all);
+    // Server 1 restarts (a wiped or restored disk): what it reported may be gone.
+    r.set_peer_rid(1, 200);
+    assert_eq!(r.peers()[&1].seen, None);
+    let st = r.stage(vec![Op::Trim], 3_000);
+    r.commit(st);
+    assert!(
+        r.entry(b"k").is_some(),
+        "kept until the new incarnation reports"
+    );
+    // The same incarnation saying hello again changes nothing.
+    r.note_peer_seen(1, &all);
+    r.set_peer_rid(1, 200);
+    let st = r.stage(vec![Op::Trim], 4_000);
+    r.commit(st);
+    assert!(r.entry(b"k").is_none(), "collected once it reported");
+}
+
+#[test]
+fn a_write_to_a_collected_key_is_stamped_after_the_delete_across_restarts() {
+    let hour = 3_600_000_000u64;
+    let wall = 10 * hour;
+    let mut r = Replica::new(0, Limits::default());
+    r.add_member(1);
+    // A delete from a server an hour ahead (beyond the offset bound: it does not move
+    // our clock), then collected: every member holds it.
+    let del = Version {
+        ts: wall + hour,
+        dot: Dot::new(1, 1),
+    };
+    let mut st = r.stage(
+        vec![Op::Apply {
+            key: b"k".to_vec(),
+            entry: Entry::write(None, del, &VersionVector::new()),
+            dots: vec![del.dot],
+            from: Some(1),
+        }],
+        wall,
+    );
+    st.outcomes.clear();
+    r.commit(st);
+    let all = r.seen().clone();
+    r.note_peer_seen(1, &all);
+    let st = r.stage(vec![Op::Trim], wall + 1);
+    r.commit(st);
+    assert!(r.entry(b"k").is_none(), "collected");
+    assert!(r.clock() < del.ts, "the clock was not dragged");
+    // A new write to the key still follows the delete...
+    let (v, _) = put(&mut r, b"k", b"again", wall + 2);
+    assert!(v > del, "{v:?} must follow {del:?}");
+    // ...also after a restart, when the tombstone is not there to say so.
+    let (_, entries) = r.snapshot();
+    let log: Vec<(Dot, Vec<u8>)> = Vec::new();
+    let mut r2 = Replica::restore(0, 7, Limits::default(), r.meta(), entries, log, wall + 3);
+    let (v2, _) = put(&mut r2, b"other", b"x", wall + 4);
+    assert!(v2 > del, "{v2:?} must follow {del:?}");
+}
