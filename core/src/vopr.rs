@@ -27,25 +27,36 @@
 //!
 //! Invariants, checked during and after every run:
 //! * **no dot reused**: every acknowledged write has a dot no other write ever had;
-//! * **sessions**: a client never reads a version older (in last-writer-wins order)
-//!   than the last one it wrote or read for that key (Read-Your-Writes and
-//!   Monotonic-Reads), at every read;
+//! * **sessions**: a client never reads a version older than the last one it wrote or
+//!   read for that key (Read-Your-Writes and Monotonic-Reads), at every read. "Older"
+//!   is last-writer-wins order, except that a write follows another when its entry
+//!   holds the other in its context, or when it was acknowledged after no server held
+//!   the other any more (a delete whose tombstones were all collected: a server that
+//!   never saw it, such as one on a wiped disk whose clock is behind, may stamp the
+//!   new write below it, and nothing is left to order the two);
 //! * **no acknowledged write lost, and convergence**: after the last fault heals and
 //!   the cluster settles, every server holds identical stores, and each key holds the
-//!   newest acknowledged write that survived — a write is lost legitimately only when
+//!   newest acknowledged write that survived, or one that follows it in the sense
+//!   above — a write is lost legitimately only when
 //!   the disk of the one server that held it was wiped or rolled back before any other
 //!   server got it. Every value a server holds was written by a client (an expiry
 //!   makes no write of its own), and once every expiry time has passed and every
 //!   server swept, a key whose newest write had a TTL is that write's tombstone
-//!   everywhere.
+//!   everywhere;
+//! * **convergence in bounded time**: once every link is healed, the servers' own
+//!   schedules (dials, rounds, trims, on simulated time) make every store identical
+//!   within [`HEAL_BOUND`] of simulated time, with pushes delivered as they come.
 //!
 //! What this runs is the replication rules of [`crate::replica`] through the server's own
-//! write path ([`crate::commit::Committer`]) and anti-entropy round
-//! ([`crate::sync::SyncRound`]); when links, rounds, trims, crashes and deliveries happen
-//! is the schedule's choice (the server's dialing, readiness and timers are not yet in a
-//! shared node core: see the architecture issue).
+//! write path ([`crate::commit::Committer`]), anti-entropy round
+//! ([`crate::sync::SyncRound`]) and clock work ([`crate::schedule::Schedule`]: when each
+//! server dials, runs a round with whom, trims, and starts serving — a client's request
+//! to a server that is not ready yet is refused, as the real server's `503`). What the
+//! seed chooses is when time passes, links fail and heal, messages are lost, duplicated
+//! or reordered, servers crash, and clients ask.
 
 use crate::replica::{Limits, ReadOutcome, Replica};
+use crate::schedule::{Action, Input, Schedule, Timing};
 use crate::session::Session;
 use crate::sim::SimCluster;
 use crate::version::{Dot, NodeId, Version};
@@ -120,6 +131,10 @@ pub struct Report {
     pub faults: BTreeMap<&'static str, u64>,
     /// Client operations.
     pub ops: u64,
+    /// Client requests refused because the server was not ready yet.
+    pub refused: u64,
+    /// Simulated time from the final heal until every store was identical.
+    pub heal_micros: u64,
     /// Broken promises (the first few).
     pub violations: Vec<String>,
     /// One line per step, when asked for.
@@ -137,6 +152,10 @@ struct Acked {
     origin_server: NodeId,
     /// The incarnation of `origin_server` that acknowledged it.
     origin_rid: NodeId,
+    /// Acknowledged deletes of the key that no server held any more (every
+    /// tombstone collected, nothing newer written) when this write was acknowledged:
+    /// it follows them whatever its timestamp.
+    after: BTreeSet<Dot>,
     lost: bool,
 }
 
@@ -148,11 +167,26 @@ struct Run {
     acked: Vec<Acked>,
     dots: BTreeSet<Dot>,
     backups: BTreeMap<NodeId, Replica>,
+    scheds: BTreeMap<NodeId, Schedule>,
     report: Report,
     cfg: Config,
 }
 
 const KEYS: u64 = 6;
+
+/// The servers' schedule in simulated time: a run lasts a few hundred milliseconds,
+/// so the intervals are shorter than the real server's, in the same proportions.
+pub const SIM_TIMING: Timing = Timing {
+    sync_interval: 10_000,
+    trim_interval: 40_000,
+    catchup_timeout: 15_000,
+    dial_min: 1_000,
+    dial_max: 20_000,
+    refused: 100_000,
+};
+
+/// After the final heal, the stores must be identical within this much simulated time.
+pub const HEAL_BOUND: u64 = 2_000_000;
 
 impl Run {
     fn fault(&mut self, kind: &'static str) {
@@ -175,10 +209,22 @@ impl Run {
         self.ids[self.rng.gen_range(0..self.ids.len())]
     }
 
+    /// Whether server `at` serves clients yet (its schedule said `Ready`).
+    fn serving(&mut self, at: NodeId) -> bool {
+        let ready = self.scheds.get(&at).is_some_and(Schedule::is_ready);
+        if !ready {
+            self.report.refused += 1;
+        }
+        ready
+    }
+
     fn client_put(&mut self) {
         let ci = self.rng.gen_range(0..self.sessions.len());
         let at = self.server();
         let key = format!("k{}", self.rng.gen_range(0..KEYS)).into_bytes();
+        if !self.serving(at) {
+            return;
+        }
         let delete = self.rng.gen_ratio(1, 6);
         let value = format!("v{}", self.report.ops);
         let ttl = (!delete && self.rng.gen_ratio(1, 4)).then(|| self.rng.gen_range(1..300_000));
@@ -204,6 +250,18 @@ impl Run {
             ));
         }
         self.sessions[ci].1.insert(key.clone(), version);
+        let after = self
+            .acked
+            .iter()
+            .filter(|a| a.key == key && a.deleted && a.version != version)
+            .filter(|a| {
+                self.c
+                    .nodes
+                    .values()
+                    .all(|r| r.entry(&key).is_none_or(|e| !e.covers(a.version.dot)))
+            })
+            .map(|a| a.version.dot)
+            .collect();
         self.acked.push(Acked {
             key,
             version,
@@ -211,14 +269,28 @@ impl Run {
             expires: ttl.map(|t| version.ts + t),
             origin_server: at,
             origin_rid: self.c.nodes[&at].rid(),
+            after,
             lost: false,
         });
+    }
+
+    /// Whether the write of version `v` was acknowledged after every tombstone of the
+    /// delete `l` was collected (see [`Acked::after`]).
+    fn follows_gone(&self, v: Option<Version>, l: Version) -> bool {
+        v.is_some_and(|v| {
+            self.acked
+                .iter()
+                .any(|a| a.version == v && a.after.contains(&l.dot))
+        })
     }
 
     fn client_get(&mut self) {
         let ci = self.rng.gen_range(0..self.sessions.len());
         let at = self.server();
         let key = format!("k{}", self.rng.gen_range(0..KEYS)).into_bytes();
+        if !self.serving(at) {
+            return;
+        }
         let skip = self.cfg.mutation == Some(Mutation::SkipDependencyCheck);
         let out = if skip {
             // The planted bug: the read goes without the session's dependency.
@@ -240,8 +312,16 @@ impl Run {
                 String::from_utf8_lossy(&key)
             )
         });
+        // A version older in last-writer-wins order is still a later one when the entry
+        // read holds the seen one in its context (see the module docs).
+        let follows = |l: Version| {
+            self.c.nodes[&at]
+                .entry(&key)
+                .is_some_and(|e| Some(e.version) == got && e.covers(l.dot))
+                || self.follows_gone(got, l)
+        };
         match (last, got) {
-            (Some(l), Some(g)) if g < l => self.violation(format!(
+            (Some(l), Some(g)) if g < l && !follows(l) => self.violation(format!(
                 "client {ci} read {} at server {at}: version {} older than {} it saw",
                 String::from_utf8_lossy(&key),
                 g.dot,
@@ -350,6 +430,116 @@ impl Run {
         self.fault(kind);
         self.note(|| format!("{kind} server {id} -> incarnation {rid}"));
         self.c.restart(id, disk.as_ref(), rid);
+        // The new process has a new schedule; its peers see their links to the old one
+        // drop and dial again (the new one learns of those links before it starts).
+        self.new_schedule(id);
+        for o in self.ids.clone() {
+            if o != id {
+                self.schedule(o, Input::LinkDown(id));
+            }
+        }
+        self.schedule(id, Input::Start);
+    }
+
+    /// A new schedule for server `id`, created now, knowing every other server (not
+    /// started: see [`Input::Start`]).
+    fn new_schedule(&mut self, id: NodeId) {
+        let mut s = Schedule::new(id, SIM_TIMING, self.c.wall());
+        for &o in &self.ids {
+            if o != id {
+                s.handle(
+                    self.c.wall(),
+                    Input::Peer {
+                        id: o,
+                        addr: true,
+                        blocked: false,
+                    },
+                );
+            }
+        }
+        self.scheds.insert(id, s);
+    }
+
+    /// Hand `input` to server `id`'s schedule and carry out every action that follows,
+    /// at once (a dial, round or trim takes no simulated time), feeding their ends back.
+    fn schedule(&mut self, id: NodeId, input: Input) {
+        let now = self.c.wall();
+        let mut inputs = std::collections::VecDeque::from([(id, input)]);
+        while let Some((id, input)) = inputs.pop_front() {
+            let Some(s) = self.scheds.get_mut(&id) else {
+                continue;
+            };
+            s.handle(now, input);
+            while let Some(action) = self.scheds.get_mut(&id).and_then(Schedule::poll_action) {
+                match action {
+                    Action::Dial(b) => {
+                        let up = self.c.is_up(id, b);
+                        self.note(|| {
+                            format!("dial {id} -> {b}: {}", if up { "up" } else { "failed" })
+                        });
+                        if up {
+                            inputs.push_back((id, Input::LinkUp(b)));
+                            inputs.push_back((b, Input::LinkUp(id)));
+                        }
+                        inputs.push_back((
+                            id,
+                            Input::DialEnded {
+                                id: b,
+                                linked: up,
+                                refused: false,
+                            },
+                        ));
+                    }
+                    Action::Round(b) => {
+                        let ok = self.c.is_up(id, b);
+                        self.note(|| format!("anti-entropy {id} <- {b}"));
+                        self.c.anti_entropy(id, b);
+
+                        if self.cfg.trace {
+                            let steps = self.c.take_trace();
+                            self.report.trace.extend(steps);
+                        }
+                        inputs.push_back((id, Input::RoundDone { id: b, ok }));
+                    }
+                    Action::Trim => {
+                        self.trim(id);
+                        inputs.push_back((id, Input::Trimmed));
+                    }
+                    Action::Ready { missing } => {
+                        self.note(|| format!("server {id} ready (not caught up with {missing:?})"));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Let `micros` of simulated time pass, and every schedule act on it.
+    fn advance(&mut self, micros: u64) {
+        self.c.advance(micros);
+        for id in self.ids.clone() {
+            self.schedule(id, Input::Tick);
+        }
+    }
+
+    /// Server `id` trims its log and tombstones (the schedule's `Trim`).
+    fn trim(&mut self, id: NodeId) {
+        self.note(|| format!("trim {id}"));
+        if self.cfg.mutation == Some(Mutation::TrimIgnoringMembers) {
+            let others: Vec<NodeId> = self.c.nodes[&id].members();
+            if let Some(r) = self.c.nodes.get_mut(&id) {
+                for o in &others {
+                    r.remove_member(*o);
+                }
+            }
+            self.c.trim(id);
+            if let Some(r) = self.c.nodes.get_mut(&id) {
+                for o in others {
+                    r.add_member(o);
+                }
+            }
+        } else {
+            self.c.trim(id);
+        }
     }
 
     fn step(&mut self) {
@@ -387,34 +577,17 @@ impl Run {
                     self.c.set_link(a, b, !up);
                     self.fault(if up { "partition" } else { "heal" });
                     self.note(|| format!("link {a}-{b} {}", if up { "down" } else { "up" }));
+                    if up {
+                        // The connection breaks; a heal is found by the next dial.
+                        self.schedule(a, Input::LinkDown(b));
+                        self.schedule(b, Input::LinkDown(a));
+                    }
                 }
             }
-            78..=85 => {
-                let (a, b) = (self.server(), self.server());
-                if a != b {
-                    self.note(|| format!("anti-entropy {a} <- {b}"));
-                    self.c.anti_entropy(a, b);
-                }
-            }
-            86..=88 => {
-                let id = self.server();
-                self.note(|| format!("trim {id}"));
-                if self.cfg.mutation == Some(Mutation::TrimIgnoringMembers) {
-                    let others: Vec<NodeId> = self.c.nodes[&id].members();
-                    if let Some(r) = self.c.nodes.get_mut(&id) {
-                        for o in &others {
-                            r.remove_member(*o);
-                        }
-                    }
-                    self.c.trim(id);
-                    if let Some(r) = self.c.nodes.get_mut(&id) {
-                        for o in others {
-                            r.add_member(o);
-                        }
-                    }
-                } else {
-                    self.c.trim(id);
-                }
+            78..=88 => {
+                // A little time passes: the servers' schedules dial, sync and trim.
+                let us = self.rng.gen_range(1..5_000);
+                self.advance(us);
             }
             89..=90 => {
                 let id = self.server();
@@ -449,7 +622,7 @@ impl Run {
             }
             _ => {
                 let us = self.rng.gen_range(1..50_000);
-                self.c.advance(us);
+                self.advance(us);
             }
         }
     }
@@ -472,6 +645,17 @@ impl Run {
         }
     }
 
+    /// Whether every server holds the same entries (tombstones included; what a read
+    /// shows may still differ while clocks are skewed, by expiry).
+    fn identical(&self) -> bool {
+        let mut nodes = self.c.nodes.values();
+        let Some(first) = nodes.next() else {
+            return true;
+        };
+        let (root, entries) = (first.root(), first.snapshot().1);
+        nodes.all(|r| r.root() == root && r.snapshot().1 == entries)
+    }
+
     fn finish(&mut self) {
         for &a in &self.ids {
             for &b in &self.ids {
@@ -480,6 +664,41 @@ impl Run {
                 }
             }
         }
+        // The servers' own schedules must make the stores identical within the bound,
+        // pushes delivered as they come (no further faults).
+        let healed = self.c.wall();
+        let mut converged = false;
+        while self.c.wall() - healed < HEAL_BOUND {
+            self.c.deliver_all();
+            if self.c.in_flight() == 0 && self.identical() {
+                converged = true;
+                break;
+            }
+            self.advance(1_000);
+        }
+        if !converged {
+            let state: Vec<String> = self
+                .c
+                .nodes
+                .iter()
+                .map(|(id, r)| {
+                    format!(
+                        "{id}: root {:x}, {} keys, {} tombstones, {} live",
+                        r.root(),
+                        r.len(),
+                        r.tombstones(),
+                        r.dump().len()
+                    )
+                })
+                .collect();
+            self.violation(format!(
+                "stores not identical {} ms of simulated time after the last heal ({}; {} in flight)",
+                HEAL_BOUND / 1_000,
+                state.join("; "),
+                self.c.in_flight()
+            ));
+        }
+        self.report.heal_micros = self.c.wall() - healed;
         self.c.settle();
         // Clocks heal too; then every expiry time passes and every server sweeps.
         for id in self.ids.clone() {
@@ -520,8 +739,10 @@ impl Run {
                 let ok = match r.entry(&key) {
                     Some(e) => {
                         written.contains(&e.version)
-                            && e.version >= a.version
-                            && (e.version > a.version || e.value.is_none() == gone)
+                            && ((e.version >= a.version
+                                && (e.version > a.version || e.value.is_none() == gone))
+                                || (e.version != a.version && e.covers(a.version.dot))
+                                || self.follows_gone(Some(e.version), a.version))
                     }
                     None => gone,
                 };
@@ -573,6 +794,7 @@ pub fn run(cfg: &Config) -> Report {
     let clients = rng.gen_range(2..=4);
     let mut c = SimCluster::new(&ids, Limits::default());
     c.skip_fsync = cfg.mutation == Some(Mutation::AckBeforeFsync);
+    c.set_trace(cfg.trace);
     let mut r = Run {
         rng,
         c,
@@ -583,9 +805,16 @@ pub fn run(cfg: &Config) -> Report {
         acked: Vec::new(),
         dots: BTreeSet::new(),
         backups: BTreeMap::new(),
+        scheds: BTreeMap::new(),
         report: Report::default(),
         cfg: cfg.clone(),
     };
+    for id in r.ids.clone() {
+        r.new_schedule(id);
+    }
+    for id in r.ids.clone() {
+        r.schedule(id, Input::Start);
+    }
     let watch = cfg.watch.clone().filter(|_| cfg.trace);
     let mut last = String::new();
     for i in 0..cfg.steps {

@@ -197,6 +197,7 @@ fn main() {
     let started = Instant::now();
     let mut faults: BTreeMap<&'static str, u64> = BTreeMap::new();
     let (mut ops, mut failed) = (0u64, Vec::new());
+    let (mut refused, mut heals) = (0u64, Vec::new());
     for seed in args.first..args.first + args.seeds {
         let rep = vopr::run(&Config {
             seed,
@@ -206,6 +207,8 @@ fn main() {
             watch: None,
         });
         ops += rep.ops;
+        refused += rep.refused;
+        heals.push(rep.heal_micros);
         for (k, v) in rep.faults {
             *faults.entry(k).or_default() += v;
         }
@@ -227,12 +230,21 @@ fn main() {
     let secs = started.elapsed().as_secs_f64();
     let kinds: Vec<String> = faults.iter().map(|(k, v)| format!("{k}={v}")).collect();
     println!(
-        "meshkv-sim: {} seeds, {ops} client ops, faults: {}, {:.1} s ({:.0} seeds/min)",
+        "meshkv-sim: {} seeds, {ops} client ops ({refused} refused: server not ready), faults: {}, {:.1} s ({:.0} seeds/min)",
         args.seeds,
         kinds.join(" "),
         secs,
         args.seeds as f64 / secs.max(1e-9) * 60.0
     );
+    heals.sort_unstable();
+    if let (Some(max), Some(med)) = (heals.last(), heals.get(heals.len() / 2)) {
+        println!(
+            "convergence after the final heal (simulated time, servers' own schedules): median {:.1} ms, max {:.1} ms (bound {} ms)",
+            *med as f64 / 1e3,
+            *max as f64 / 1e3,
+            vopr::HEAL_BOUND / 1_000
+        );
+    }
     match mutation {
         Some(m) if failed.is_empty() => {
             println!("mutation {}: NOT caught in {} seeds", m.name(), args.seeds);
