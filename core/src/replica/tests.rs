@@ -20,6 +20,21 @@ fn put(r: &mut Replica, key: &[u8], value: &[u8], wall: u64) -> (Version, Vec<Re
     (version, r.commit(st))
 }
 
+fn delete(r: &mut Replica, key: &[u8], wall: u64) -> Vec<Relay> {
+    let mut st = r.stage(
+        vec![Op::Put {
+            key: key.to_vec(),
+            value: None,
+            seen_ts: 0,
+            dep: None,
+            ttl: None,
+        }],
+        wall,
+    );
+    st.outcomes.clear();
+    r.commit(st)
+}
+
 #[test]
 fn local_put_then_read_and_dep_rules() {
     let mut r = Replica::new(1, Limits::default());
@@ -261,18 +276,7 @@ fn tombstones_are_dropped_only_when_everyone_holds_them_and_never_resurrect() {
     c.put(0, b"k", b"v", &mut s);
     c.deliver_all();
     let stale = c.nodes[&2].entry(b"k").unwrap().clone();
-    let mut st = c.nodes.get_mut(&0).unwrap().stage(
-        vec![Op::Put {
-            key: b"k".to_vec(),
-            value: None,
-            seen_ts: 0,
-            dep: None,
-            ttl: None,
-        }],
-        5_000_000,
-    );
-    st.outcomes.clear();
-    let relays = c.nodes.get_mut(&0).unwrap().commit(st);
+    let relays = delete(c.nodes.get_mut(&0).unwrap(), b"k", 5_000_000);
     assert_eq!(relays.len(), 1);
     // Node 2 is cut off before it hears of the delete.
     c.set_link(0, 2, false);
@@ -759,18 +763,7 @@ fn a_new_incarnation_of_a_peer_must_report_again_before_tombstones_go() {
     r.add_member(1);
     r.set_peer_rid(1, 100);
     put(&mut r, b"k", b"v", 1_000);
-    let mut st = r.stage(
-        vec![Op::Put {
-            key: b"k".to_vec(),
-            value: None,
-            seen_ts: 0,
-            dep: None,
-            ttl: None,
-        }],
-        2_000,
-    );
-    st.outcomes.clear();
-    r.commit(st);
+    delete(&mut r, b"k", 2_000);
     let all = r.seen().clone();
     r.note_peer_seen(1, &all);
     // Server 1 restarts (a wiped or restored disk): what it reported may be gone.
