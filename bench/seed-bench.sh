@@ -3,6 +3,7 @@
 # server, N puts issued by the clients in rotation, then stabilize. Prints puts/s (put
 # phase plus the final stabilize) per run and the median of RUNS runs, plus the
 # stabilize time alone. Usage: bench/seed-bench.sh [N=10000] [RUNS=5]
+# MASTER_ARGS=--sequential runs each put to its end before the next (no pipelining).
 set -euo pipefail
 N=${1:-10000}
 RUNS=${2:-5}
@@ -22,7 +23,8 @@ echo "seed benchmark: N=$N puts, $RUNS runs" >&2
 rates=()
 stabs=()
 for ((r = 1; r <= RUNS; r++)); do
-  "$MASTER" --timing < "$script" > /dev/null 2> "$tmp/err"
+  # shellcheck disable=SC2086
+  "$MASTER" --timing ${MASTER_ARGS:-} < "$script" > /dev/null 2> "$tmp/err"
   put_ms=$(awk '/^timing: put /{for(i=1;i<=NF;i++) if($i ~ /^total_ms=/){split($i,a,"=");print a[2]}}' "$tmp/err")
   stab_ms=$(awk '/^timing: stabilize /{for(i=1;i<=NF;i++) if($i ~ /^total_ms=/){split($i,a,"=");print a[2]}}' "$tmp/err")
   if [ -z "$put_ms" ] || [ -z "$stab_ms" ]; then

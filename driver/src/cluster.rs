@@ -55,6 +55,13 @@ impl Proc {
         req: ControlReq,
         timeout: Duration,
     ) -> Result<ControlResp, String> {
+        let rx = self.send(req).await?;
+        answer(rx, timeout).await
+    }
+
+    /// Send one request; its answer comes through the receiver (the process answers
+    /// its requests in the order they were sent).
+    async fn send(&mut self, req: ControlReq) -> Result<oneshot::Receiver<ControlResp>, String> {
         self.seq += 1;
         let seq = self.seq;
         let (tx, rx) = oneshot::channel();
@@ -69,11 +76,7 @@ impl Proc {
             .await
             .map_err(|e| format!("control channel closed: {e}"))?;
         self.stdin.flush().await.map_err(|e| e.to_string())?;
-        match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(r)) => Ok(r),
-            Ok(Err(_)) => Err("the process exited".into()),
-            Err(_) => Err(format!("no answer within {timeout:?}")),
-        }
+        Ok(rx)
     }
 
     async fn kill(mut self) {
@@ -89,6 +92,50 @@ impl Proc {
         {
             let _ = self.child.start_kill();
             let _ = self.child.wait().await;
+        }
+    }
+}
+
+async fn answer(
+    rx: oneshot::Receiver<ControlResp>,
+    timeout: Duration,
+) -> Result<ControlResp, String> {
+    match tokio::time::timeout(timeout, rx).await {
+        Ok(Ok(r)) => Ok(r),
+        Ok(Err(_)) => Err("the process exited".into()),
+        Err(_) => Err(format!("no answer within {timeout:?}")),
+    }
+}
+
+/// A `put` handed to its client process and not yet answered ([`Master::start_put`]).
+/// The client answers its puts in the order it got them; [`PendingPut::finish`] waits
+/// for this one.
+pub struct PendingPut {
+    client: NodeId,
+    key: String,
+    rx: oneshot::Receiver<ControlResp>,
+}
+
+impl PendingPut {
+    /// The client that writes.
+    pub fn client(&self) -> NodeId {
+        self.client
+    }
+
+    /// The key written.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// Wait until the put's server made it durable (or the client gave up).
+    pub async fn finish(self) -> Result<(), MasterError> {
+        let (client, key) = (self.client, self.key);
+        match answer(self.rx, CALL).await.map_err(MasterError::Control)? {
+            ControlResp::Ok => Ok(()),
+            ControlResp::Error(e) => Err(MasterError::Request(format!("put {client} {key}: {e}"))),
+            other => Err(MasterError::Control(format!(
+                "put {client} {key}: unexpected answer {other:?}"
+            ))),
         }
     }
 }
@@ -301,25 +348,7 @@ impl Master {
                 }
             }
             Command::Put { client, key, value } => {
-                let c = self.client_proc(client)?;
-                match c
-                    .call(
-                        ControlReq::Put {
-                            key: key.clone(),
-                            value,
-                        },
-                        CALL,
-                    )
-                    .await?
-                {
-                    ControlResp::Ok => Ok(()),
-                    ControlResp::Error(e) => {
-                        Err(MasterError::Request(format!("put {client} {key}: {e}")))
-                    }
-                    other => Err(MasterError::Control(format!(
-                        "put {client} {key}: unexpected answer {other:?}"
-                    ))),
-                }
+                self.start_put(client, key, value).await?.finish().await
             }
             Command::Get { client, key } => {
                 let c = self.client_proc(client)?;
@@ -342,6 +371,25 @@ impl Master {
                 Ok(())
             }
         }
+    }
+
+    /// Hand a `put` to its client process without waiting for the answer (the `master`
+    /// binary pipelines puts this way; see `driver/src/main.rs`).
+    pub async fn start_put(
+        &mut self,
+        client: NodeId,
+        key: String,
+        value: String,
+    ) -> Result<PendingPut, MasterError> {
+        let c = self.client_proc(client)?;
+        let rx = c
+            .send(ControlReq::Put {
+                key: key.clone(),
+                value,
+            })
+            .await
+            .map_err(MasterError::Control)?;
+        Ok(PendingPut { client, key, rx })
     }
 
     fn server_proc(&mut self, id: NodeId) -> Result<&mut Proc, MasterError> {

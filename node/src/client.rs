@@ -118,45 +118,88 @@ impl Client {
         }
     }
 
+    /// A connection to link `i`, dialed if it has none (`None`: it cannot be reached).
+    async fn connection(&mut self, i: usize) -> Option<quinn::Connection> {
+        let link = self.links.get(i)?;
+        if let Some(c) = &link.conn {
+            if c.close_reason().is_none() {
+                return Some(c.clone());
+            }
+        }
+        let server = link.server;
+        match net::connect(
+            &self.endpoint,
+            link.addr,
+            Identity::server(server),
+            self.connect_timeout,
+        )
+        .await
+        {
+            Ok(c) => {
+                self.links[i].conn = Some(c.clone());
+                Some(c)
+            }
+            Err(e) => {
+                tracing::debug!("connect to server {server}: {e}");
+                None
+            }
+        }
+    }
+
     async fn send(&mut self, req: &ClientReq) -> Result<(NodeId, ClientResp), ClientError> {
+        let mut answers = self.send_all(std::slice::from_ref(req)).await;
+        answers
+            .pop()
+            .unwrap_or_else(|| Err(ClientError::Unreachable(Vec::new())))
+    }
+
+    /// Send `reqs` at once, each on its own stream, to the most recent reachable server;
+    /// those that fail there go on to the next one. Answers in the order of `reqs`.
+    async fn send_all(
+        &mut self,
+        reqs: &[ClientReq],
+    ) -> Vec<Result<(NodeId, ClientResp), ClientError>> {
+        let mut answers: Vec<Option<Result<(NodeId, ClientResp), ClientError>>> =
+            reqs.iter().map(|_| None).collect();
+        let mut todo: Vec<usize> = (0..reqs.len()).collect();
         let mut tried = Vec::new();
         for i in (0..self.links.len()).rev() {
+            if todo.is_empty() {
+                break;
+            }
             if self.links[i].down {
                 continue;
             }
             let server = self.links[i].server;
             tried.push(server);
-            let conn = match &self.links[i].conn {
-                Some(c) if c.close_reason().is_none() => c.clone(),
-                _ => {
-                    match net::connect(
-                        &self.endpoint,
-                        self.links[i].addr,
-                        Identity::server(server),
-                        self.connect_timeout,
-                    )
-                    .await
-                    {
-                        Ok(c) => {
-                            self.links[i].conn = Some(c.clone());
-                            c
-                        }
-                        Err(e) => {
-                            tracing::debug!("connect to server {server}: {e}");
-                            continue;
-                        }
+            let Some(conn) = self.connection(i).await else {
+                continue;
+            };
+            let timeout = self.request_timeout;
+            let sent = futures_util::future::join_all(
+                todo.iter()
+                    .map(|&j| frame::request::<_, ClientResp>(&conn, &reqs[j], timeout)),
+            )
+            .await;
+            let mut failed = Vec::new();
+            for (j, r) in todo.iter().zip(sent) {
+                match r {
+                    Ok((resp, _, _)) => answers[*j] = Some(Ok((server, resp))),
+                    Err(e) => {
+                        tracing::debug!("request to server {server}: {e}");
+                        failed.push(*j);
                     }
                 }
-            };
-            match frame::request::<_, ClientResp>(&conn, req, self.request_timeout).await {
-                Ok((resp, _, _)) => return Ok((server, resp)),
-                Err(e) => {
-                    tracing::debug!("request to server {server}: {e}");
-                    self.links[i].conn = None;
-                }
             }
+            if !failed.is_empty() {
+                self.links[i].conn = None;
+            }
+            todo = failed;
         }
-        Err(ClientError::Unreachable(tried))
+        answers
+            .into_iter()
+            .map(|a| a.unwrap_or_else(|| Err(ClientError::Unreachable(tried.clone()))))
+            .collect()
     }
 
     /// Write `key` = `value`; returns the server used and the previous value.
@@ -165,22 +208,43 @@ impl Client {
         key: &[u8],
         value: Option<&[u8]>,
     ) -> Result<(NodeId, Option<Vec<u8>>), ClientError> {
-        let req = ClientReq::Put {
-            key: key.to_vec(),
-            value: value.map(|v| v.to_vec()),
-            seen_ts: self.session.seen_ts(),
-        };
-        match self.send(&req).await? {
-            (s, ClientResp::Put { version, previous }) => {
-                self.session.wrote(key, version);
-                Ok((s, previous))
-            }
-            (s, ClientResp::Error(e)) => Err(ClientError::Refused(s, e)),
-            (s, other) => Err(ClientError::Refused(
-                s,
-                format!("unexpected answer {other:?}"),
-            )),
-        }
+        let mut r = self.put_many(&[(key, value)]).await;
+        r.pop()
+            .unwrap_or_else(|| Err(ClientError::Unreachable(Vec::new())))
+    }
+
+    /// Write several keys at once, each as [`Client::put`] would, none waiting for
+    /// another (each carries the session as it was before them all). The keys must be
+    /// distinct: two writes of one key are ordered by the caller, one after the other.
+    /// Answers in the order given.
+    pub async fn put_many(
+        &mut self,
+        puts: &[(&[u8], Option<&[u8]>)],
+    ) -> Vec<Result<(NodeId, Option<Vec<u8>>), ClientError>> {
+        let seen_ts = self.session.seen_ts();
+        let reqs: Vec<ClientReq> = puts
+            .iter()
+            .map(|(key, value)| ClientReq::Put {
+                key: key.to_vec(),
+                value: value.map(|v| v.to_vec()),
+                seen_ts,
+            })
+            .collect();
+        let answers = self.send_all(&reqs).await;
+        puts.iter()
+            .zip(answers)
+            .map(|((key, _), a)| match a? {
+                (s, ClientResp::Put { version, previous }) => {
+                    self.session.wrote(key, version);
+                    Ok((s, previous))
+                }
+                (s, ClientResp::Error(e)) => Err(ClientError::Refused(s, e)),
+                (s, other) => Err(ClientError::Refused(
+                    s,
+                    format!("unexpected answer {other:?}"),
+                )),
+            })
+            .collect()
     }
 
     /// Read `key` with the session check. No reachable server answers `Dep`.

@@ -125,8 +125,13 @@ pub async fn run_server(server: Server, http: Option<SocketAddr>) {
     server.shutdown().await;
 }
 
-/// Serve the master's control channel for a client until stdin closes. Requests run
-/// one at a time, in order.
+/// Puts a client process sends at once, at most (the master keeps fewer in flight per
+/// client anyway).
+const PUT_BATCH: usize = 16;
+
+/// Serve the master's control channel for a client until stdin closes. Requests run in
+/// the order they came, one at a time, except that puts arriving while others wait, to
+/// distinct keys, go to the server together ([`Client::put_many`]).
 pub async fn run_client(client: Client) {
     let ready = ControlOut {
         seq: 0,
@@ -140,9 +145,60 @@ pub async fn run_client(client: Client) {
         mpsc::unbounded_channel::<(ControlIn, mpsc::UnboundedSender<ControlOut>)>();
     let worker = tokio::spawn(async move {
         let mut client = client;
-        while let Some((msg, tx)) = jobs_rx.recv().await {
-            let resp = client_request(&mut client, msg.req).await;
-            let _ = tx.send(ControlOut { seq: msg.seq, resp });
+        let mut next = None;
+        loop {
+            let job = match next.take() {
+                Some(j) => j,
+                None => match jobs_rx.recv().await {
+                    Some(j) => j,
+                    None => break,
+                },
+            };
+            if !matches!(job.0.req, ControlReq::Put { .. }) {
+                let (msg, tx) = job;
+                let resp = client_request(&mut client, msg.req).await;
+                let _ = tx.send(ControlOut { seq: msg.seq, resp });
+                continue;
+            }
+            // Puts already waiting go out together, up to the first that is not a put or
+            // writes a key already in the batch (that one waits for the batch).
+            let mut batch = vec![job];
+            while batch.len() < PUT_BATCH {
+                match jobs_rx.try_recv() {
+                    Ok(j) => {
+                        let fits = match &j.0.req {
+                            ControlReq::Put { key, .. } => !batch.iter().any(
+                                |(m, _)| matches!(&m.req, ControlReq::Put { key: k, .. } if k == key),
+                            ),
+                            _ => false,
+                        };
+                        if fits {
+                            batch.push(j);
+                        } else {
+                            next = Some(j);
+                            break;
+                        }
+                    }
+                    Err(_) => break,
+                }
+            }
+            let puts: Vec<(&[u8], Option<&[u8]>)> = batch
+                .iter()
+                .filter_map(|(m, _)| match &m.req {
+                    ControlReq::Put { key, value } => {
+                        Some((key.as_bytes(), Some(value.as_bytes())))
+                    }
+                    _ => None,
+                })
+                .collect();
+            let answers = client.put_many(&puts).await;
+            for ((msg, tx), a) in batch.into_iter().zip(answers) {
+                let resp = match a {
+                    Ok(_) => ControlResp::Ok,
+                    Err(e) => ControlResp::Error(e.to_string()),
+                };
+                let _ = tx.send(ControlOut { seq: msg.seq, resp });
+            }
         }
     });
     lines(|msg, tx| {
