@@ -241,6 +241,7 @@ impl Committer {
                     entry,
                     dots,
                     from: Some(from),
+                    relay: true,
                 }],
             ),
             PeerMsg::Links(l) => r.set_peer_links(from, l.into_iter().collect()),

@@ -36,6 +36,12 @@
 //!   one ordered stream per peer. A server relays what it learned from others too (so
 //!   chains converge), except to the peer it came from and to peers that told us they
 //!   are directly connected to the write's origin (they get it first-hand).
+//!   What an anti-entropy round pulled is **not** relayed ([`Op::Apply`]'s `relay`):
+//!   every server runs its own rounds with every peer it links to, so after a heal each
+//!   pulls what it lacks once, instead of also receiving it from each peer that pulled
+//!   it first (relaying round entries made a 5-server heal move 3.5× the bytes). A
+//!   server two hops from the writes pulls them from the middle one's log at its next
+//!   round with it (within the sync interval).
 //! * **Anti-entropy, fast path.** Periodically and on (re)connect a server sends its
 //!   watermarks ([`SyncReq`]); the peer answers with the current entry of every key its
 //!   log maps from dots above those watermarks, in bounded batches ([`SyncResp`]).
@@ -202,6 +208,10 @@ pub enum Op {
         dots: Vec<Dot>,
         /// The peer it came from (not relayed back there).
         from: Option<NodeId>,
+        /// Relay a change it makes to the other peers: yes for a push, no for what an
+        /// anti-entropy round pulled (every server pulls for itself; see
+        /// "Propagation" in the module docs).
+        relay: bool,
     },
     /// After a complete tree walk against a peer: adopt its watermarks.
     Adopt {
@@ -356,6 +366,7 @@ impl SyncItem {
             entry: self.entry,
             dots: self.dots,
             from: Some(from),
+            relay: false,
         }
     }
 }
@@ -642,7 +653,7 @@ impl Replica {
                 } => {
                     let seen_ts = current.as_ref().map_or(0, |e| e.version.ts);
                     if let Some(e) = current {
-                        self.stage_apply(&mut st, key.clone(), e, Vec::new(), None, wall);
+                        self.stage_apply(&mut st, key.clone(), e, Vec::new(), (None, true), wall);
                     }
                     self.stage_put(&mut st, key, (value, ttl), seen_ts, wall, true)
                 }
@@ -669,7 +680,8 @@ impl Replica {
                     entry,
                     dots,
                     from,
-                } => self.stage_apply(&mut st, key, entry, dots, from, wall),
+                    relay,
+                } => self.stage_apply(&mut st, key, entry, dots, (from, relay), wall),
                 Op::Adopt { seen } => {
                     for (o, c) in seen.iter() {
                         if o != self.rid && c > st.meta.seen.get(o) {
@@ -796,7 +808,7 @@ impl Replica {
         key: Vec<u8>,
         entry: Entry,
         dots: Vec<Dot>,
-        from: Option<NodeId>,
+        (from, relay): (Option<NodeId>, bool),
         wall: u64,
     ) -> Outcome {
         self.observe_bounded(entry.version.ts, wall, true);
@@ -848,7 +860,7 @@ impl Replica {
         for d in &new_dots {
             self.extend(st, d.origin);
         }
-        if changed {
+        if changed && relay {
             let r = st.relay.entry(key).or_default();
             r.0.extend(new_dots);
             r.1.insert(from);

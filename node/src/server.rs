@@ -1824,12 +1824,15 @@ impl Shared {
     ) -> Result<(), RoundError> {
         let mut round = SyncRound::new(id);
         let mut ev = SyncEvent::Start;
+        let started = Instant::now();
+        let mut got = 0;
         loop {
             let step = round.next(&mut lock(&self.replica), ev)?;
             ev = match step {
                 SyncStep::Ask(req) => SyncEvent::Answer(self.ask(conn, req, st).await?),
                 SyncStep::Commit { ops, received } => {
                     st.catchup_keys_received.fetch_add(received as u64, Relaxed);
+                    got += received;
                     self.commit_relaxed(ops).await?;
                     SyncEvent::Committed
                 }
@@ -1847,6 +1850,12 @@ impl Shared {
         if round.walked() {
             st.walks.fetch_add(1, Relaxed);
         }
+        tracing::debug!(
+            "server {}: round with {id}: {got} entries received in {:?}{}",
+            self.id,
+            started.elapsed(),
+            if round.walked() { " (walked)" } else { "" }
+        );
         Ok(())
     }
 

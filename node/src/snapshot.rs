@@ -198,6 +198,7 @@ pub fn restore(bytes: &[u8], dir: &Path, id: NodeId) -> Result<Restored, Snapsho
                 entry,
                 dots: Vec::new(),
                 from: None,
+                relay: true,
             })
             .collect();
         if ops.is_empty() {

@@ -347,6 +347,7 @@ fn log_records_and_removes_survive_a_restart() {
                 entry: remote.clone(),
                 dots: vec![Dot::new(7, 1)],
                 from: Some(7),
+                relay: true,
             }],
             300,
         );

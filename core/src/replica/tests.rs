@@ -155,6 +155,7 @@ fn a_fast_peer_does_not_drag_the_clock_and_later_writes_still_win() {
             entry,
             dots: rel.map(|r| r.dots).unwrap_or_default(),
             from: Some(1),
+            relay: true,
         }],
         wall,
     );
@@ -215,6 +216,49 @@ fn chain_relays_writes_to_the_far_end() {
         1,
         "watermark advances through the relay"
     );
+}
+
+#[test]
+fn a_pushed_write_is_relayed_and_a_pulled_one_is_not() {
+    let mut a = Replica::new(0, Limits::default());
+    let (_, _) = put(&mut a, b"k", b"v", 100);
+    let wall = 200;
+    // B is linked to A and C.
+    let linked = || {
+        let mut b = Replica::new(1, Limits::default());
+        b.set_connected(0, true);
+        b.set_connected(2, true);
+        b
+    };
+    // Pushed by A: B relays it to C (not back to A).
+    let mut b = linked();
+    let entry = a.entry(b"k").cloned().expect("A holds k");
+    let st = b.stage(
+        vec![Op::Apply {
+            key: b"k".to_vec(),
+            entry,
+            dots: vec![Dot::new(0, 1)],
+            from: Some(0),
+            relay: true,
+        }],
+        wall,
+    );
+    let relays = b.commit(st);
+    assert_eq!(relays.len(), 1);
+    assert_eq!(relays[0].targets, vec![2]);
+    // Pulled from A in a round: stored and logged, but not relayed; C pulls it from
+    // B's log at its own round.
+    let mut b = linked();
+    let resp = a.answer_sync(1, &b.sync_request());
+    let ops: Vec<Op> = resp.items.into_iter().map(|i| i.into_op(0)).collect();
+    assert_eq!(ops.len(), 1);
+    let st = b.stage(ops, wall);
+    assert!(b.commit(st).is_empty(), "a pulled entry is not relayed");
+    assert!(b.entry(b"k").is_some());
+    assert_eq!(b.seen().get(0), 1);
+    let c = Replica::new(2, Limits::default());
+    let resp = b.answer_sync(2, &c.sync_request());
+    assert_eq!(resp.items.len(), 1, "C gets it from B's log");
 }
 
 #[test]
@@ -313,6 +357,7 @@ fn tombstones_are_dropped_only_when_everyone_holds_them_and_never_resurrect() {
             entry: stale,
             dots: vec![],
             from: Some(2),
+            relay: true,
         }],
         6_000_000,
     );
@@ -485,6 +530,7 @@ fn a_put_behind_its_dependency_is_refused_and_writes_nothing() {
             entry,
             dots: vec![v.dot],
             from: Some(1),
+            relay: true,
         }],
         60,
     );
@@ -528,6 +574,7 @@ fn a_ttl_write_expires_everywhere_at_its_time_without_a_new_write() {
             entry,
             dots: vec![version.dot],
             from: Some(1),
+            relay: true,
         }],
         10_000,
     );
@@ -643,6 +690,7 @@ fn a_batch_lists_every_change_in_order() {
             entry: echo,
             dots: vec![],
             from: Some(2),
+            relay: true,
         }],
         200,
     );
@@ -663,6 +711,7 @@ fn a_batch_lists_every_change_in_order() {
             entry: newer,
             dots: vec![Dot::new(22, 1)],
             from: Some(2),
+            relay: true,
         }],
         300,
     );
@@ -801,6 +850,7 @@ fn a_write_to_a_collected_key_is_stamped_after_the_delete_across_restarts() {
             entry: Entry::write(None, del, &VersionVector::new()),
             dots: vec![del.dot],
             from: Some(1),
+            relay: true,
         }],
         wall,
     );
