@@ -116,11 +116,14 @@ def main():
     etcd_put1 = hmed("etcd", "put", lo, "ops_per_s")
     targets = [
         ("seed puts/s >= 3x etcd 1-conn PUT", ratio(summary["seed"]["median_puts_per_s"], etcd_put1), 3.0, ">="),
+        ("seed puts/s >= 2,000", summary["seed"]["median_puts_per_s"], 2000.0, ">="),
         (f"HTTP PUT {hi} conns >= 5x etcd", ratio(hmed("meshkv", "put", hi, "ops_per_s"), hmed("etcd", "put", hi, "ops_per_s")), 5.0, ">="),
         (f"HTTP GET {hi} conns >= 0.6x redis", ratio(hmed("meshkv", "get", hi, "ops_per_s"), hmed("redis", "get", hi, "ops_per_s")), 0.6, ">="),
         ("stabilize after the seed puts <= 50 ms", summary["seed"]["median_stabilize_ms"], 50.0, "<="),
         ("heal of the divergence <= 0.5 s", summary["heal"]["median_heal_s"], 0.5, "<="),
         ("catch-up bytes <= 2x changed payload", catch and catch["bytes_received_per_change_payload"], 2.0, "<="),
+        (f"linearizable PUT {hi} conns >= 1.5x etcd", ratio(hmed("meshkv-lin", "put", hi, "ops_per_s"), hmed("etcd", "put", hi, "ops_per_s")), 1.5, ">="),
+        (f"linearizable GET {hi} conns >= 2x etcd", ratio(hmed("meshkv-lin", "get", hi, "ops_per_s"), hmed("etcd", "get", hi, "ops_per_s")), 2.0, ">="),
     ]
     summary["targets"] = [
         {
