@@ -70,6 +70,13 @@ impl Default for Timing {
     }
 }
 
+/// The readiness rule, for one peer: the node waits for a completed round with it when
+/// its address is known and it is not blocked. The schedule decides [`Action::Ready`]
+/// by it; the server reports the peers it still waits for by it (`/status`).
+pub fn waits_for(addr: bool, blocked: bool, rounds: u64) -> bool {
+    addr && !blocked && rounds == 0
+}
+
 /// What happened, as the driver tells it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Input {
@@ -337,7 +344,7 @@ impl Schedule {
             let missing: Vec<NodeId> = self
                 .peers
                 .iter()
-                .filter(|(_, p)| p.addr && !p.blocked && p.rounds == 0)
+                .filter(|(_, p)| waits_for(p.addr, p.blocked, p.rounds))
                 .map(|(&id, _)| id)
                 .collect();
             if missing.is_empty() || now >= self.deadline {

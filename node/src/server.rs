@@ -25,7 +25,7 @@ use meshkv_core::commit::{
     Committer, Output as CommitOutput, SyncPolicy, Ticket, MAX_JOBS_PER_BATCH,
 };
 use meshkv_core::proto::{self, ClientReq, ClientResp, PeerMsg, PeerReq, PeerResp};
-use meshkv_core::schedule::{Action as SchedAction, Input as SchedInput, Schedule, Timing};
+use meshkv_core::schedule::{self, Action as SchedAction, Input as SchedInput, Schedule, Timing};
 use meshkv_core::sync::{Event as SyncEvent, Step as SyncStep, SyncError, SyncRound};
 use meshkv_core::{Limits, NodeId, Op, Outcome, ReadOutcome, Replica, Version, VersionVector};
 use serde::Serialize;
@@ -1168,8 +1168,13 @@ impl Shared {
     fn caught_up(&self) -> Vec<NodeId> {
         lock(&self.peers)
             .iter()
-            .filter(|(_, p)| p.addr.is_some() && !p.blocked)
-            .filter(|(_, p)| p.stats.sync_rounds.load(Relaxed) == 0)
+            .filter(|(_, p)| {
+                schedule::waits_for(
+                    p.addr.is_some(),
+                    p.blocked,
+                    p.stats.sync_rounds.load(Relaxed),
+                )
+            })
             .map(|(id, _)| *id)
             .collect()
     }
