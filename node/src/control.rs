@@ -129,6 +129,30 @@ pub async fn run_server(server: Server, http: Option<SocketAddr>) {
 /// client anyway).
 const PUT_BATCH: usize = 16;
 
+/// A control request and where its answer goes.
+type Job = (ControlIn, mpsc::UnboundedSender<ControlOut>);
+
+/// A put waiting in a client process.
+struct PutJob {
+    seq: u64,
+    tx: mpsc::UnboundedSender<ControlOut>,
+    key: String,
+    value: String,
+}
+
+/// The job as a put, or back as it came.
+fn as_put((msg, tx): Job) -> Result<PutJob, Job> {
+    match msg.req {
+        ControlReq::Put { key, value } => Ok(PutJob {
+            seq: msg.seq,
+            tx,
+            key,
+            value,
+        }),
+        req => Err((ControlIn { seq: msg.seq, req }, tx)),
+    }
+}
+
 /// Serve the master's control channel for a client until stdin closes. Requests run in
 /// the order they came, one at a time, except that puts arriving while others wait, to
 /// distinct keys, go to the server together ([`Client::put_many`]).
@@ -141,8 +165,7 @@ pub async fn run_client(client: Client) {
         },
     };
     println!("{}", serde_json::to_string(&ready).unwrap_or_default());
-    let (jobs_tx, mut jobs_rx) =
-        mpsc::unbounded_channel::<(ControlIn, mpsc::UnboundedSender<ControlOut>)>();
+    let (jobs_tx, mut jobs_rx) = mpsc::unbounded_channel::<Job>();
     let worker = tokio::spawn(async move {
         let mut client = client;
         let mut next = None;
@@ -154,50 +177,46 @@ pub async fn run_client(client: Client) {
                     None => break,
                 },
             };
-            if !matches!(job.0.req, ControlReq::Put { .. }) {
-                let (msg, tx) = job;
-                let resp = client_request(&mut client, msg.req).await;
-                let _ = tx.send(ControlOut { seq: msg.seq, resp });
-                continue;
-            }
+            let first = match as_put(job) {
+                Ok(p) => p,
+                Err((msg, tx)) => {
+                    let resp = client_request(&mut client, msg.req).await;
+                    let _ = tx.send(ControlOut { seq: msg.seq, resp });
+                    continue;
+                }
+            };
             // Puts already waiting go out together, up to the first that is not a put or
             // writes a key already in the batch (that one waits for the batch).
-            let mut batch = vec![job];
+            let mut batch = vec![first];
             while batch.len() < PUT_BATCH {
-                match jobs_rx.try_recv() {
-                    Ok(j) => {
-                        let fits = match &j.0.req {
-                            ControlReq::Put { key, .. } => !batch.iter().any(
-                                |(m, _)| matches!(&m.req, ControlReq::Put { key: k, .. } if k == key),
-                            ),
-                            _ => false,
-                        };
-                        if fits {
-                            batch.push(j);
-                        } else {
-                            next = Some(j);
-                            break;
-                        }
+                let Ok(j) = jobs_rx.try_recv() else {
+                    break;
+                };
+                let repeats = matches!(&j.0.req,
+                    ControlReq::Put { key, .. } if batch.iter().any(|p| p.key == *key));
+                if repeats {
+                    next = Some(j);
+                    break;
+                }
+                match as_put(j) {
+                    Ok(p) => batch.push(p),
+                    Err(j) => {
+                        next = Some(j);
+                        break;
                     }
-                    Err(_) => break,
                 }
             }
             let puts: Vec<(&[u8], Option<&[u8]>)> = batch
                 .iter()
-                .filter_map(|(m, _)| match &m.req {
-                    ControlReq::Put { key, value } => {
-                        Some((key.as_bytes(), Some(value.as_bytes())))
-                    }
-                    _ => None,
-                })
+                .map(|p| (p.key.as_bytes(), Some(p.value.as_bytes())))
                 .collect();
             let answers = client.put_many(&puts).await;
-            for ((msg, tx), a) in batch.into_iter().zip(answers) {
+            for (p, a) in batch.into_iter().zip(answers) {
                 let resp = match a {
                     Ok(_) => ControlResp::Ok,
                     Err(e) => ControlResp::Error(e.to_string()),
                 };
-                let _ = tx.send(ControlOut { seq: msg.seq, resp });
+                let _ = p.tx.send(ControlOut { seq: p.seq, resp });
             }
         }
     });
@@ -232,12 +251,6 @@ async fn client_request(client: &mut Client, req: ControlReq) -> ControlResp {
         ControlReq::Down { server } => {
             client.down(server);
             ControlResp::Ok
-        }
-        ControlReq::Put { key, value } => {
-            match client.put(key.as_bytes(), Some(value.as_bytes())).await {
-                Ok(_) => ControlResp::Ok,
-                Err(e) => ControlResp::Error(e.to_string()),
-            }
         }
         ControlReq::Get { key } => match client.get(key.as_bytes()).await {
             Ok(GetReply::Value(v, _)) => {
