@@ -128,7 +128,7 @@ const FORMAT: &[u8] = b"meshkv-1";
 /// The owning server id's key.
 const KEY_NODE: &[u8] = b"m/node";
 /// The metadata's key.
-const KEY_META: &[u8] = b"m/meta";
+pub const KEY_META: &[u8] = b"m/meta";
 /// Prefix of entries.
 const PREFIX_ENTRY: &[u8] = b"k/";
 /// Prefix of log records.
@@ -641,13 +641,13 @@ impl Storage {
         let mut batch = sled::Batch::default();
         let mut bytes = 0u64;
         for (key, entry) in &st.writes {
-            let k = prefixed(PREFIX_ENTRY, key);
+            let k = entry_key(key);
             let v = encode(entry, "entry")?;
             bytes += (k.len() + v.len()) as u64;
             batch.insert(k, v);
         }
         for key in &st.removes {
-            let k = prefixed(PREFIX_ENTRY, key);
+            let k = entry_key(key);
             bytes += k.len() as u64;
             batch.remove(k);
         }
@@ -1097,7 +1097,13 @@ fn prefixed(prefix: &[u8], key: &[u8]) -> Vec<u8> {
     k
 }
 
-fn log_key(dot: Dot) -> Vec<u8> {
+/// The sled key of `key`'s entry record.
+pub fn entry_key(key: &[u8]) -> Vec<u8> {
+    prefixed(PREFIX_ENTRY, key)
+}
+
+/// The sled key of the log record of `dot` (its value is the key the write wrote).
+pub fn log_key(dot: Dot) -> Vec<u8> {
     let mut k = Vec::with_capacity(PREFIX_LOG.len() + 16);
     k.extend_from_slice(PREFIX_LOG);
     k.extend_from_slice(&dot.origin.to_be_bytes());

@@ -26,11 +26,14 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
+
+#[path = "../store_data.rs"]
+mod store_data;
+use store_data::{disk_usage, key, value, DiskUsage};
 
 #[derive(Parser, Debug)]
 #[command(about = "meshkv footprint: disk, RSS and restart-to-ready time of one server")]
@@ -78,66 +81,6 @@ struct Args {
 const RSS_TARGET: f64 = 3.0;
 const DISK_TARGET: f64 = 2.0;
 const READY_TARGET_S: f64 = 1.0;
-
-fn key(i: u64, len: usize) -> Vec<u8> {
-    format!("k{i:0w$}", w = len.saturating_sub(1)).into_bytes()
-}
-
-/// A deterministic, poorly compressible value for key number `i`.
-fn value(i: u64, len: usize) -> Vec<u8> {
-    let mut s = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03;
-    let mut out = Vec::with_capacity(len);
-    while out.len() < len {
-        s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = s;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        for b in z.to_le_bytes() {
-            if out.len() < len {
-                // Printable, so a failed check prints readably.
-                out.push(b'!' + (b % 94));
-            }
-        }
-    }
-    out
-}
-
-#[derive(Serialize, Clone, Copy, Default)]
-struct DiskUsage {
-    /// Sum of st_blocks × 512 (what `du` reports).
-    allocated: u64,
-    /// Sum of file lengths (`du --apparent-size`).
-    apparent: u64,
-    files: u64,
-}
-
-fn disk_usage(
-    dir: &Path,
-    by_top: &mut BTreeMap<String, u64>,
-    top: Option<&str>,
-) -> Result<DiskUsage> {
-    let mut u = DiskUsage::default();
-    for e in std::fs::read_dir(dir).with_context(|| format!("read {}", dir.display()))? {
-        let e = e?;
-        let md = std::fs::symlink_metadata(e.path())?;
-        let name = e.file_name().to_string_lossy().into_owned();
-        let t = top.map(str::to_string).unwrap_or_else(|| name.clone());
-        if md.is_dir() {
-            let s = disk_usage(&e.path(), by_top, Some(&t))?;
-            u.allocated += s.allocated + md.blocks() * 512;
-            u.apparent += s.apparent;
-            u.files += s.files;
-            *by_top.entry(t).or_default() += md.blocks() * 512;
-        } else {
-            u.allocated += md.blocks() * 512;
-            u.apparent += md.len();
-            u.files += 1;
-            *by_top.entry(t).or_default() += md.blocks() * 512;
-        }
-    }
-    Ok(u)
-}
 
 fn proc_status_kb(pid: u32, field: &str) -> Result<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status"))?;

@@ -18,9 +18,15 @@
 use anyhow::{Context, Result};
 use clap::Parser;
 use meshkv_core::{Dot, Entry, Version, VersionVector};
+use meshkv_node::storage;
 use redb::{ReadableTable, TableDefinition};
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
+
+#[path = "../store_data.rs"]
+mod store_data;
+use store_data::{disk_usage, key, value};
 
 #[derive(Parser, Debug)]
 #[command(about = "sled vs redb on meshkv's write pattern")]
@@ -45,11 +51,15 @@ struct Args {
     rounds: usize,
 }
 
+/// Key bytes (the footprint benchmark's default too).
+const KEY_LEN: usize = 16;
+
 const ENTRIES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("entries");
 const LOG: TableDefinition<&[u8], &[u8]> = TableDefinition::new("log");
 const META: TableDefinition<&[u8], &[u8]> = TableDefinition::new("meta");
 
-/// One commit's records: (key, encoded entry), (log key, key), the meta record.
+/// One commit's records, keyed as `meshkv_node::storage` keys them: (entry key, encoded
+/// entry), (log key, key), the meta record.
 struct Commit {
     entries: Vec<(Vec<u8>, Vec<u8>)>,
     log: Vec<(Vec<u8>, Vec<u8>)>,
@@ -61,19 +71,16 @@ fn commit(first: u64, n: u64, value_len: usize) -> Result<Commit> {
     let mut log = Vec::with_capacity(n as usize);
     let ctx = VersionVector::new();
     for i in first..first + n {
-        let key = format!("key{i:013}").into_bytes();
+        let key = key(i, KEY_LEN);
         let dot = Dot::new(1, i + 1);
         let version = Version {
             ts: 1_800_000_000_000_000 + i,
             dot,
         };
-        let entry = Entry::write(Some(vec![b'v'; value_len]), version, &ctx);
+        let entry = Entry::write(Some(value(i, value_len)), version, &ctx);
         let enc = bincode::serde::encode_to_vec(&entry, bincode::config::standard())?;
-        let mut lk = b"l".to_vec();
-        lk.extend_from_slice(&dot.origin.to_be_bytes());
-        lk.extend_from_slice(&dot.counter.to_be_bytes());
-        log.push((lk, key.clone()));
-        entries.push((key, enc));
+        log.push((storage::log_key(dot), key.clone()));
+        entries.push((storage::entry_key(&key), enc));
     }
     Ok(Commit {
         entries,
@@ -104,15 +111,10 @@ impl Sled {
 impl Store for Sled {
     fn write(&mut self, c: &Commit) -> Result<()> {
         let mut b = sled::Batch::default();
-        for (k, v) in &c.entries {
-            let mut key = b"e".to_vec();
-            key.extend_from_slice(k);
-            b.insert(key, v.as_slice());
-        }
-        for (k, v) in &c.log {
+        for (k, v) in c.entries.iter().chain(&c.log) {
             b.insert(k.as_slice(), v.as_slice());
         }
-        b.insert(&b"m"[..], c.meta.as_slice());
+        b.insert(storage::KEY_META, c.meta.as_slice());
         self.db.apply_batch(b)?;
         self.db.flush()?;
         self.file.sync_all()?;
@@ -121,7 +123,7 @@ impl Store for Sled {
 
     fn scan(&self) -> Result<u64> {
         let mut n = 0;
-        for item in self.db.scan_prefix(b"e") {
+        for item in self.db.scan_prefix(storage::entry_key(b"")) {
             let (_, v) = item?;
             let (_e, _): (Entry, usize) =
                 bincode::serde::decode_from_slice(&v, bincode::config::standard())?;
@@ -156,7 +158,7 @@ impl Store for Redb {
                 t.insert(k.as_slice(), v.as_slice())?;
             }
             let mut t = txn.open_table(META)?;
-            t.insert(&b"m"[..], c.meta.as_slice())?;
+            t.insert(storage::KEY_META, c.meta.as_slice())?;
         }
         txn.commit()?;
         Ok(())
@@ -182,20 +184,6 @@ struct Figures {
     small: Duration,
     disk: u64,
     reopen: Duration,
-}
-
-fn dir_bytes(dir: &Path) -> u64 {
-    let mut n = 0;
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for e in rd.flatten() {
-            match e.metadata() {
-                Ok(m) if m.is_dir() => n += dir_bytes(&e.path()),
-                Ok(m) => n += m.len(),
-                Err(_) => {}
-            }
-        }
-    }
-    n
 }
 
 fn run(name: &str, a: &Args) -> Result<Figures> {
@@ -227,7 +215,7 @@ fn run(name: &str, a: &Args) -> Result<Figures> {
         }
         f.small = t.elapsed();
     }
-    f.disk = dir_bytes(tmp.path());
+    f.disk = disk_usage(tmp.path(), &mut BTreeMap::new(), None)?.apparent;
     let t = Instant::now();
     let s = open(tmp.path())?;
     let n = s.scan()?;
@@ -268,7 +256,8 @@ fn main() -> Result<()> {
             }
         }
     }
-    let payload = (a.keys + a.small_commits * a.small_batch) as f64 * (16.0 + a.value_len as f64);
+    let payload =
+        (a.keys + a.small_commits * a.small_batch) as f64 * (KEY_LEN + a.value_len) as f64;
     let med = |v: &[Figures], g: fn(&Figures) -> f64| median(v.iter().map(g).collect());
     type Row = (&'static str, fn(&Figures) -> f64);
     let rows: [Row; 4] = [
